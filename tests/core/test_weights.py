@@ -1,0 +1,213 @@
+"""Loading, converting and validating StoryMaker weight files, on the real key layout."""
+
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from storymaker_core.convert import main as convert_main
+from storymaker_core.layout import SDXL, UNetAttentionConfig, unet_attention_layers
+from storymaker_core.resampler import ResamplerConfig
+from storymaker_core.weights import (
+    StoryMakerWeightsError,
+    flatten_for_safetensors,
+    load_storymaker_weights,
+)
+from support import random_storymaker_state, release_state, small_unet_config, tiny_resampler_config
+
+
+@pytest.fixture(scope="module")
+def release_bin(tmp_path_factory):
+    """A file with the released mask.bin's exact keys and shapes (random fp16 values, 1.7 GB)."""
+    path = tmp_path_factory.mktemp("release") / "mask.bin"
+    torch.save(release_state(seed=1), path)
+    return path
+
+
+@pytest.fixture
+def small_bin(tmp_path):
+    path = tmp_path / "small.bin"
+    torch.save(random_storymaker_state(seed=2), path)
+    return path
+
+
+def test_release_layout_file_loads_and_describes_itself(release_bin):
+    weights = load_storymaker_weights(str(release_bin))
+    info = weights.info
+    assert (info.num_processors, info.num_cross_layers, info.lora_rank, info.context_dim) == (140, 70, 128, 2048)
+    assert info.max_characters == 3 and info.resampler == ResamplerConfig()
+    assert set(info.hidden_sizes) == {640, 1280}
+    assert len(weights.image_proj) == 113 and len(weights.ip_adapter) == 1260
+    weights.validate_for(unet_attention_layers(SDXL), "SDXL")
+    resampler = weights.build_resampler(dtype=torch.float32)  # strict load of the release key layout
+    assert torch.equal(resampler.bg_embed.half(), weights.image_proj["bg_embed"])
+    assert "140 attention layers" in info.summary()
+
+
+def test_bin_and_converted_safetensors_hold_the_same_tensors(release_bin, tmp_path, capsys):
+    target = tmp_path / "storymaker.safetensors"
+    assert convert_main([str(release_bin), str(target), "--dtype", "fp32"]) == 0
+    assert "wrote" in capsys.readouterr().out
+    original, converted = load_storymaker_weights(str(release_bin)), load_storymaker_weights(str(target))
+    assert converted.info.num_processors == 140 and converted.info.dtype == torch.float32
+    for section in ("image_proj", "ip_adapter"):
+        a, b = getattr(original, section), getattr(converted, section)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k].float(), b[k]) for k in a)
+
+
+def test_converter_writes_fp16_with_provenance(small_bin, tmp_path):
+    target = tmp_path / "small.safetensors"
+    assert convert_main([str(small_bin), str(target), "--dim-head", "16"]) == 0
+    from safetensors import safe_open
+    with safe_open(str(target), "pt") as f:
+        metadata = f.metadata()
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    assert metadata["source_file"] == "small.bin" and len(metadata["source_sha256"]) == 64
+    assert load_storymaker_weights(str(target), dim_head=16).info.dtype == torch.float16
+    assert not (tmp_path / "small.safetensors.partial").exists()
+
+
+def test_converter_refuses_to_overwrite_its_source(small_bin, capsys):
+    assert convert_main([str(small_bin), str(small_bin) + ".safetensors", "--dim-head", "16"]) == 0
+    assert convert_main([str(small_bin) + ".safetensors", str(small_bin) + ".safetensors", "--dim-head", "16"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_small_sdxl_shaped_model_is_accepted_when_the_file_matches_it(small_bin):
+    weights = load_storymaker_weights(str(small_bin), dim_head=16)
+    weights.validate_for(unet_attention_layers(small_unet_config()), "small UNet")
+    assert weights.info.resampler == tiny_resampler_config()
+    with pytest.raises(StoryMakerWeightsError, match="does not fit SDXL") as e:
+        # same context width, other widths/depths: every difference is reported with the file name
+        weights.validate_for(unet_attention_layers(UNetAttentionConfig(cross_attention_dim=64)), "SDXL")
+    assert "small.bin" in str(e.value) and "wrong shapes" in str(e.value) and "missing keys" in str(e.value)
+
+
+def test_release_file_on_sd15_unet_says_sdxl_only(release_bin):
+    sd15 = UNetAttentionConfig(block_out_channels=(320, 640, 1280, 1280), transformer_layers_per_block=(1, 1, 1, 0),
+                               mid_transformer_depth=1, cross_attention_dim=768)
+    with pytest.raises(StoryMakerWeightsError, match="SD1.5.*SDXL models only"):
+        load_storymaker_weights(str(release_bin)).validate_for(unet_attention_layers(sd15), "the model")
+
+
+def test_sd15_sized_file_is_rejected(tmp_path):
+    sd15 = UNetAttentionConfig(block_out_channels=(320, 640, 1280, 1280), transformer_layers_per_block=(1, 1, 1, 0),
+                               mid_transformer_depth=1, cross_attention_dim=768)
+    path = tmp_path / "sd15.bin"
+    torch.save(random_storymaker_state(sd15, tiny_resampler_config(cross_attention_dim=768)), path)
+    with pytest.raises(StoryMakerWeightsError, match="sd15.bin: this file is for SD1.5"):
+        load_storymaker_weights(str(path))
+
+
+def edited(state, section, edit):
+    state = {k: dict(v) for k, v in state.items()}
+    edit(state[section])
+    return state
+
+
+@pytest.mark.parametrize("case, edit, message", [
+    ("missing", lambda s: s.pop("3.to_v_lora.up.weight"), r"1 missing keys: 3.to_v_lora.up.weight"),
+    ("extra", lambda s: s.update({"2.to_k_ip.weight": torch.zeros(64, 64)}), r"1 unexpected keys: 2.to_k_ip.weight"),
+    ("shape", lambda s: s.update({"5.to_k_ip.weight": torch.zeros(32, 64)}), r"5.to_k_ip.weight: file \(32, 64\), needed \(128, 64\)"),
+])
+def test_ip_adapter_problems_are_named(tmp_path, case, edit, message):
+    path = tmp_path / f"{case}.bin"
+    torch.save(edited(random_storymaker_state(), "ip_adapter", edit), path)
+    layers = unet_attention_layers(small_unet_config())
+    with pytest.raises(StoryMakerWeightsError, match=message) as e:
+        load_storymaker_weights(str(path), dim_head=16).validate_for(layers)
+    assert f"{case}.bin" in str(e.value)
+
+
+@pytest.mark.parametrize("case, edit, message", [
+    ("missing", lambda s: s.pop("resample.layers.1.0.to_kv.weight"), "missing keys: resample.layers.1.0.to_kv"),
+    ("extra", lambda s: s.update({"resample.pos_emb.weight": torch.zeros(3)}), "unexpected keys: resample.pos_emb"),
+    ("shape", lambda s: s.update({"norm_out.bias": torch.zeros(65)}), r"norm_out.bias: file \(65,\), needed \(64,\)"),
+    ("not-storymaker", lambda s: s.pop("bg_embed"), "lacks 'bg_embed': this is not a StoryMaker resampler"),
+])
+def test_image_proj_problems_are_named(tmp_path, case, edit, message):
+    path = tmp_path / f"{case}.bin"
+    torch.save(edited(random_storymaker_state(), "image_proj_model", edit), path)
+    with pytest.raises(StoryMakerWeightsError, match=message):
+        load_storymaker_weights(str(path), dim_head=16)
+
+
+class Exploit:
+    """Unpickling this would create a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_with_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.bin"
+    state = random_storymaker_state()
+    state["ip_adapter"]["0.to_q_lora.up.weight"] = Exploit(str(marker))
+    torch.save(state, path)
+    with pytest.raises(StoryMakerWeightsError, match="evil.bin: contains Python objects other than tensors"):
+        load_storymaker_weights(str(path))
+    assert not marker.exists()
+
+
+def test_plain_non_tensor_values_are_refused(tmp_path):
+    path = tmp_path / "odd.bin"
+    state = random_storymaker_state()
+    state["ip_adapter"]["0.to_q_lora.up.weight"] = [1.0, 2.0]  # allowed by weights_only, still not a tensor
+    torch.save(state, path)
+    with pytest.raises(StoryMakerWeightsError, match="must be tensors"):
+        load_storymaker_weights(str(path))
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
+def test_truncated_files_say_download_again(tmp_path, suffix):
+    state = random_storymaker_state()
+    path = tmp_path / f"cut{suffix}"
+    if suffix == ".bin":
+        torch.save(state, path)
+    else:
+        save_file({f"{s}.{k}": v for s, d in state.items() for k, v in d.items()}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoryMakerWeightsError, match=f"cut{suffix}.*(truncated or corrupt)"):
+        load_storymaker_weights(str(path))
+
+
+def test_legacy_non_zip_pickle_still_loads(tmp_path):
+    path = tmp_path / "legacy.bin"
+    torch.save(random_storymaker_state(), path, _use_new_zipfile_serialization=False)
+    expected = len(unet_attention_layers(small_unet_config()))
+    assert load_storymaker_weights(str(path), dim_head=16).info.num_processors == expected == 34
+
+
+def test_more_characters_than_supported(tmp_path):
+    path = tmp_path / "five.bin"
+    torch.save(random_storymaker_state(resampler_config=tiny_resampler_config(max_characters=5)), path)
+    assert load_storymaker_weights(str(path), dim_head=16).info.max_characters == 5
+    with pytest.raises(StoryMakerWeightsError, match="five.bin: made for 5 characters, but this resampler supports at most 3"):
+        load_storymaker_weights(str(path), dim_head=16, max_characters=3)
+
+
+def test_missing_file_and_foreign_files(tmp_path):
+    with pytest.raises(StoryMakerWeightsError, match="no such file.*models/storymaker"):
+        load_storymaker_weights(str(tmp_path / "nope.bin"))
+    lora = tmp_path / "some_lora.safetensors"
+    save_file({"lora_unet_down.weight": torch.zeros(2)}, lora)
+    with pytest.raises(StoryMakerWeightsError, match="not a StoryMaker file"):
+        load_storymaker_weights(str(lora))
+
+
+def test_flat_safetensors_layout_round_trips(tmp_path, small_bin):
+    weights = load_storymaker_weights(str(small_bin), dim_head=16)
+    path = tmp_path / "flat.safetensors"
+    save_file(flatten_for_safetensors(weights), path)
+    keys = load_file(path).keys()
+    assert all(k.startswith(("image_proj_model.", "ip_adapter.")) for k in keys)
+    assert load_storymaker_weights(str(path), dim_head=16).info == weights.info
+    assert os.path.getsize(path) > 0
