@@ -1,0 +1,121 @@
+"""Apply StoryMaker to an SDXL MODEL: LoRA through ComfyUI's weight patches, the image branch on all 70 attn2."""
+
+from __future__ import annotations
+
+import weakref
+
+from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention
+from .common import CATEGORY, progress_bar
+
+
+class ComfyLayerPatch(LayerPatch):
+    """The core layer patch, computing attention with ComfyUI's kernel and managed by its model management."""
+
+    def __init__(self, shared, key, previous, projections_patcher):
+        super().__init__(shared, key, previous)
+        self.projections_patcher = projections_patcher
+
+    def attention_function(self, extra_options):
+        from comfy.ldm.modules.attention import optimized_attention
+
+        precision = extra_options.get("attn_precision")
+
+        def attention(q, k, v, heads, mask=None):
+            return optimized_attention(q, k, v, heads, mask=mask, attn_precision=precision)
+
+        return attention
+
+    def models(self):
+        return [self.projections_patcher]
+
+
+_PATCHERS = weakref.WeakKeyDictionary()  # projections module -> its ModelPatcher
+
+
+def _projections_patcher(projections):
+    """One ModelPatcher per projections module, so ComfyUI loads/offloads and counts it like a model."""
+    import comfy.model_management
+    import comfy.model_patcher
+
+    if projections not in _PATCHERS:
+        _PATCHERS[projections] = comfy.model_patcher.ModelPatcher(
+            projections, load_device=comfy.model_management.get_torch_device(),
+            offload_device=comfy.model_management.unet_offload_device())
+    return _PATCHERS[projections]
+
+
+def _region_masks(masks, num_characters):
+    given = [(i, m) for i, m in enumerate(masks) if m is not None]
+    if not given:
+        return None
+    for i, m in given:
+        if i >= num_characters:
+            raise ValueError(f"mask_{i + 1} is connected but the embeds hold only {num_characters} character(s).")
+        if float(m.max()) <= 0:
+            raise ValueError(f"mask_{i + 1} is empty: paint the region where character {i + 1} should appear.")
+    return [None if m is None else (m if m.dim() == 2 else m[0]).float().cpu() for m in masks[:num_characters]]
+
+
+class StoryMakerApply:
+    DESCRIPTION = ("Patches an SDXL model with StoryMaker: LoRA on every attention projection and the characters' "
+                   "image tokens on every cross-attention. Optional masks keep each character in its region.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL",),
+                "storymaker": ("STORYMAKER",),
+                "embeds": ("STORYMAKER_EMBEDS",),
+                "ip_scale": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 2.0, "step": 0.05,
+                                       "tooltip": "strength of the characters' image tokens (release: 0.8)"}),
+                "lora_scale": ("FLOAT", {"default": 0.8, "min": 0.0, "max": 2.0, "step": 0.05,
+                                         "tooltip": "strength of StoryMaker's LoRA (release: 0.8)"}),
+                "start_at": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+                "end_at": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            },
+            "optional": {f"mask_{i}": ("MASK", {"tooltip": f"region of character {i} (optional)"}) for i in (1, 2, 3)},
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "apply"
+    CATEGORY = CATEGORY
+
+    def apply(self, model, storymaker, embeds, ip_scale, lora_scale, start_at, end_at, mask_1=None, mask_2=None,
+              mask_3=None):
+        from comfy.weight_adapter import LoRAAdapter
+
+        if start_at >= end_at:
+            raise ValueError(f"start_at ({start_at}) must be below end_at ({end_at}).")
+        model_name = type(model.model).__name__
+        shapes = {k: tuple(v.shape) for k, v in model.model.diffusion_model.state_dict().items()}
+        layers = storymaker.layers_for(shapes, f"the connected model ({model_name})")
+        bar = progress_bar(2)
+        patched = model.clone()
+        if lora_scale != 0:
+            lora = {f"diffusion_model.{key}": LoRAAdapter(set(), (pair.up, pair.down, None, None, None, None))
+                    for key, pair in storymaker.lora(layers).items()}
+            added = patched.add_patches(lora, strength_patch=lora_scale)
+            if len(added) != len(lora):
+                missing = sorted(set(lora) - set(added))[:3]
+                raise ValueError(f"StoryMaker's LoRA did not find {len(lora) - len(added)} weights in the model, e.g. {missing}.")
+        bar.update(1)
+        sampling = patched.get_model_object("model_sampling")
+        settings = ImageBranchSettings(ip_scale=ip_scale, sigma_start=float(sampling.percent_to_sigma(start_at)),
+                                       sigma_end=float(sampling.percent_to_sigma(end_at)),
+                                       region_masks=_region_masks([mask_1, mask_2, mask_3], embeds.num_characters),
+                                       tokens_per_group=embeds.cond.shape[1])
+        projections = storymaker.projections(layers)
+        shared = StoryMakerAttention(projections, embeds.cond, embeds.uncond, settings)
+        patcher = _projections_patcher(projections)
+        existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+        for layer in layers:
+            if layer.is_cross_attention:
+                key = layer.patch_key
+                patched.set_model_attn2_replace(ComfyLayerPatch(shared, key, existing.get(key), patcher), *key)
+        bar.update(1)
+        return (patched,)
+
+
+NODE_CLASS_MAPPINGS = {"StoryMakerApply": StoryMakerApply}
+NODE_DISPLAY_NAME_MAPPINGS = {"StoryMakerApply": "Apply StoryMaker"}

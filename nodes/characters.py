@@ -1,0 +1,144 @@
+"""Character nodes: reference photo -> character, save/load a cast, blend two characters."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..storymaker_core.characters import (
+    blend_characters,
+    character_from_reference,
+    combine_references,
+    load_character,
+    person_box_from_face,
+    save_character,
+)
+from .common import CATEGORY, images_to_numpy, mask_row, numpy_to_images, progress_bar
+from .encode import with_clip_features
+
+CHARACTER = "STORYMAKER_CHARACTER"
+
+
+class StoryMakerCharacterFromImage:
+    DESCRIPTION = ("A character from a reference photo: ArcFace identity, face crop and the character cut out by its "
+                   "mask. Several images in the batch = several references of the same character.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "insightface": ("INSIGHTFACE",),
+                "name": ("STRING", {"default": "character"}),
+                "face_index": ("INT", {"default": 0, "min": 0, "max": 32, "tooltip": "0 = largest face, 1 = next, ..."}),
+            },
+            "optional": {
+                "mask": ("MASK", {"tooltip": "the character (white); without it Segment Anything is used"}),
+                "sam": ("STORYMAKER_SAM",),
+                "clothing": ("IMAGE", {"tooltip": "clothing-only image: replaces the character crop (clothing swap)"}),
+            },
+        }
+
+    RETURN_TYPES = (CHARACTER, "IMAGE", "IMAGE", "MASK")
+    RETURN_NAMES = ("character", "character_crop", "face_crop", "mask")
+    FUNCTION = "build"
+    CATEGORY = CATEGORY
+
+    def build(self, image, insightface, name, face_index, mask=None, sam=None, clothing=None):
+        import torch
+
+        images = images_to_numpy(image)
+        clothing_rgb = images_to_numpy(clothing)[0] if clothing is not None else None
+        bar = progress_bar(len(images))
+        references, masks = [], []
+        for i, rgb in enumerate(images):
+            label = f"image #{i + 1}" if len(images) > 1 else "image"
+            face = insightface.select_face(rgb, image_name=label, index=face_index)
+            char_mask = mask_row(mask, i, "mask")
+            if char_mask is None:
+                if sam is None:
+                    raise ValueError(f"{name}: connect a MASK of the character, or a Segment Anything model (sam input) "
+                                     f"so the character can be segmented automatically.")
+                char_mask = sam.segment(rgb, person_box_from_face(face.bbox, rgb.shape[:2])).astype(np.float32)
+            references.append(character_from_reference(rgb, char_mask, face.kps, face.embedding, name=name,
+                                                       clothing=clothing_rgb, image_name=label, mask_name="mask"))
+            masks.append(torch.from_numpy(np.asarray(char_mask, np.float32)))
+            bar.update(1)
+        character = combine_references(references, name)
+        return (character, numpy_to_images(character.character_image), numpy_to_images(character.face_image),
+                torch.stack(masks))
+
+
+class StoryMakerBlendCharacters:
+    DESCRIPTION = "A character between two others (0 = character_a, 1 = character_b), blended token by token."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"character_a": (CHARACTER,), "character_b": (CHARACTER,),
+                             "weight": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05})}}
+
+    RETURN_TYPES = (CHARACTER,)
+    FUNCTION = "blend"
+    CATEGORY = CATEGORY
+
+    def blend(self, character_a, character_b, weight):
+        return (blend_characters(character_a, character_b, weight),)
+
+
+class StoryMakerSaveCharacter:
+    DESCRIPTION = ("Saves a character's identity and CLIP features to models/storymaker_characters/, so later "
+                   "workflows need neither InsightFace nor CLIP vision for it.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"character": (CHARACTER,), "filename": ("STRING", {"default": "character"})},
+                "optional": {"clip_vision": ("CLIP_VISION",)}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    CATEGORY = CATEGORY
+
+    def save(self, character, filename, clip_vision=None):
+        import folder_paths
+
+        folder = folder_paths.get_folder_paths("storymaker_characters")[0]
+        os.makedirs(folder, exist_ok=True)
+        stem = os.path.basename(filename.strip()) or character.name
+        path, n = os.path.join(folder, f"{stem}.safetensors"), 1
+        while os.path.exists(path):  # never overwrite a saved cast member
+            path, n = os.path.join(folder, f"{stem}_{n:03d}.safetensors"), n + 1
+        save_character(path, with_clip_features(character, clip_vision), {"node": "StoryMakerSaveCharacter"})
+        return {"ui": {"text": [os.path.basename(path)]}}
+
+
+class StoryMakerLoadCharacter:
+    DESCRIPTION = "Loads a character saved by 'Save StoryMaker character'."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        import folder_paths
+
+        return {"required": {"character_file": (folder_paths.get_filename_list("storymaker_characters"),)}}
+
+    RETURN_TYPES = (CHARACTER, "IMAGE", "IMAGE")
+    RETURN_NAMES = ("character", "character_crop", "face_crop")
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, character_file):
+        import folder_paths
+
+        character = load_character(folder_paths.get_full_path_or_raise("storymaker_characters", character_file))
+        return (character, numpy_to_images(character.character_image), numpy_to_images(character.face_image))
+
+
+NODE_CLASS_MAPPINGS = {"StoryMakerCharacterFromImage": StoryMakerCharacterFromImage,
+                       "StoryMakerBlendCharacters": StoryMakerBlendCharacters,
+                       "StoryMakerSaveCharacter": StoryMakerSaveCharacter,
+                       "StoryMakerLoadCharacter": StoryMakerLoadCharacter}
+NODE_DISPLAY_NAME_MAPPINGS = {"StoryMakerCharacterFromImage": "StoryMaker Character from Image",
+                              "StoryMakerBlendCharacters": "Blend StoryMaker Characters",
+                              "StoryMakerSaveCharacter": "Save StoryMaker Character",
+                              "StoryMakerLoadCharacter": "Load StoryMaker Character"}

@@ -1,0 +1,70 @@
+"""Encode characters: CLIP vision features of their crops, then the resampler -> STORYMAKER_EMBEDS."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from ..storymaker_core.characters import CharacterError
+from ..storymaker_core.encode import encode_characters
+from .common import CATEGORY, numpy_to_images, progress_bar
+
+
+def clip_features(clip_vision, crops):
+    """Penultimate hidden states of 224x224 crops `[R, 224, 224, 3]`, averaged over the R references."""
+    output = clip_vision.encode_image(numpy_to_images(crops), crop=False)  # crops are already square 224
+    return output.penultimate_hidden_states.float().mean(dim=0).cpu()
+
+
+def with_clip_features(character, clip_vision):
+    """The character with CLIP features (computed now if it has none; blend partners too)."""
+    if character.blend_with is not None:
+        character = replace(character, blend_with=with_clip_features(character.blend_with, clip_vision))
+    if character.character_clip is not None and character.face_clip is not None:
+        return character
+    if clip_vision is None:
+        raise CharacterError(f"character '{character.name}' needs a CLIP vision model: connect CLIP-ViT-H-14 "
+                             f"(laion2B) to clip_vision, or use a character saved with its features.")
+    return character.with_clip(clip_features(clip_vision, character.character_image),
+                               clip_features(clip_vision, character.face_image))
+
+
+class StoryMakerEncodeCharacters:
+    DESCRIPTION = ("Turns 1-3 characters (in order, e.g. left to right) into StoryMaker image tokens. Computed once "
+                   "per workflow run, not per sampling step.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "storymaker": ("STORYMAKER",),
+                "character_1": ("STORYMAKER_CHARACTER",),
+                "face_only": ("BOOLEAN", {"default": False, "tooltip": "keep the face, let the prompt decide clothing "
+                                                                        "and body (stylised stories)"}),
+            },
+            "optional": {
+                "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP-ViT-H-14-laion2B; not needed for saved characters"}),
+                "character_2": ("STORYMAKER_CHARACTER",),
+                "character_3": ("STORYMAKER_CHARACTER",),
+            },
+        }
+
+    RETURN_TYPES = ("STORYMAKER_EMBEDS",)
+    FUNCTION = "encode"
+    CATEGORY = CATEGORY
+
+    def encode(self, storymaker, character_1, face_only, clip_vision=None, character_2=None, character_3=None):
+        if character_3 is not None and character_2 is None:
+            raise CharacterError("character_3 is connected but character_2 is not: connect characters in order.")
+        cast = [c for c in (character_1, character_2, character_3) if c is not None]
+        bar = progress_bar(len(cast) + 1)
+        encoded = []
+        for character in cast:
+            encoded.append(with_clip_features(character, clip_vision))
+            bar.update(1)
+        embeds = encode_characters(storymaker.resampler, encoded, face_only=face_only)
+        bar.update(1)
+        return (embeds,)
+
+
+NODE_CLASS_MAPPINGS = {"StoryMakerEncodeCharacters": StoryMakerEncodeCharacters}
+NODE_DISPLAY_NAME_MAPPINGS = {"StoryMakerEncodeCharacters": "Encode StoryMaker Characters"}

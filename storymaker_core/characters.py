@@ -1,0 +1,141 @@
+"""A character: what StoryMaker needs from one reference, and its reusable file format.
+
+From a reference photo: the ArcFace identity embedding, the 5 face keypoints, the character crop (mask
+on white, 224x224) and the aligned face crop (224x224). Once a CLIP vision model has encoded the crops,
+the character also carries their penultimate hidden states; saved to `.safetensors`, such a character is
+reused across workflows with neither insightface nor CLIP at generation time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .preprocess import PreprocessError, character_crop, clothing_crop, face_crop, mask_to_uint8
+
+FORMAT = "storymaker-character/1"
+
+
+class CharacterError(ValueError):
+    """A character that cannot be built, saved, loaded or encoded, with the reason and the fix."""
+
+
+@dataclass
+class Character:
+    name: str
+    id_embedding: Tensor  # [512] ArcFace normed_embedding
+    kps: Optional[np.ndarray] = None  # [5, 2] face keypoints in the reference
+    character_image: Optional[np.ndarray] = None  # uint8 [R, 224, 224, 3]: masked crop on white, or clothing
+    face_image: Optional[np.ndarray] = None  # uint8 [R, 224, 224, 3]: aligned face (R references)
+    character_clip: Optional[Tensor] = None  # [257, 1280] CLIP penultimate hidden states, mean over R
+    face_clip: Optional[Tensor] = None  # [257, 1280] same for the face crops
+    blend_with: Optional["Character"] = field(default=None, repr=False)  # interpolate tokens towards it
+    blend_weight: float = 0.0  # 0 = this character, 1 = blend_with
+
+    @property
+    def is_encoded(self) -> bool:
+        own = self.character_clip is not None and self.face_clip is not None
+        return own and (self.blend_with is None or self.blend_with.is_encoded)
+
+    def with_clip(self, character_clip: Tensor, face_clip: Tensor) -> "Character":
+        return replace(self, character_clip=character_clip, face_clip=face_clip)
+
+
+def character_from_reference(image: np.ndarray, mask: np.ndarray, kps: np.ndarray, id_embedding: np.ndarray,
+                             name: str = "character", clothing: Optional[np.ndarray] = None,
+                             image_name: str = "image", mask_name: str = "mask") -> Character:
+    """Crops and identity of one character in one reference photo (RGB uint8 image, [H, W] mask).
+
+    With `clothing`, a clothing-only image replaces the character crop (clothing swap); the face and the
+    identity still come from the photo.
+    """
+    mask_u8 = mask_to_uint8(mask, mask_name)
+    if mask_u8.shape != np.asarray(image).shape[:2]:
+        raise PreprocessError(f"{mask_name} is {mask_u8.shape[1]}x{mask_u8.shape[0]} but {image_name} is "
+                              f"{np.asarray(image).shape[1]}x{np.asarray(image).shape[0]}: the mask must have the "
+                              f"image's size.")
+    x, y = np.round(np.asarray(kps, np.float64)[:3].mean(axis=0)).astype(int)  # between the eyes and nose
+    h, w = mask_u8.shape
+    if mask_u8.any() and not mask_u8[min(max(y, 0), h - 1), min(max(x, 0), w - 1)]:
+        raise CharacterError(f"the face found in {image_name} (near x={x}, y={y}) is outside {mask_name}: the mask "
+                             f"belongs to someone else, or the wrong face was picked (try another face_index).")
+    crop = clothing_crop(clothing) if clothing is not None else character_crop(image, mask_u8, image_name=image_name,
+                                                                                mask_name=mask_name)
+    return Character(name=name, id_embedding=torch.as_tensor(np.asarray(id_embedding, np.float32)).flatten(),
+                     kps=np.asarray(kps, np.float32), character_image=crop[None],
+                     face_image=face_crop(image, kps, image_name=image_name)[None])
+
+
+def combine_references(references: list, name: str) -> Character:
+    """Several photos of one character -> one character: mean identity (re-normalised, as IP-Adapter FaceID
+    does with several images), all crops kept; their CLIP features are averaged when encoded."""
+    if not references:
+        raise CharacterError("no reference images given")
+    if len(references) == 1:
+        return replace(references[0], name=name)
+    ids = torch.stack([r.id_embedding for r in references]).mean(0)
+    return Character(name=name, id_embedding=ids / ids.norm().clamp_min(1e-12), kps=references[0].kps,
+                     character_image=np.concatenate([r.character_image for r in references]),
+                     face_image=np.concatenate([r.face_image for r in references]))
+
+
+def person_box_from_face(face_bbox: np.ndarray, image_hw: tuple) -> np.ndarray:
+    """A box prompt for segmenting the whole person from their face box: wider than the shoulders, from
+    above the hair down to the image's bottom edge (the body is below the face in reference photos)."""
+    x1, y1, x2, y2 = (float(v) for v in face_bbox)
+    w, h = x2 - x1, y2 - y1
+    cx = (x1 + x2) / 2
+    height, width = image_hw
+    return np.array([max(cx - 2.5 * w, 0), max(y1 - 0.6 * h, 0), min(cx + 2.5 * w, width - 1), height - 1], np.float32)
+
+
+def blend_characters(a: Character, b: Character, weight: float) -> Character:
+    """A character between `a` (weight 0) and `b` (weight 1); blended at token level when encoded."""
+    if not 0.0 <= weight <= 1.0:
+        raise CharacterError(f"blend weight must be within 0..1, got {weight}")
+    return replace(a, name=f"{a.name}~{b.name}@{weight:g}", blend_with=b, blend_weight=float(weight))
+
+
+def save_character(path: str, character: Character, metadata: Optional[dict] = None) -> None:
+    """Write an encoded character (identity + CLIP features + crops for preview) as `.safetensors`."""
+    from safetensors.torch import save_file
+
+    if character.blend_with is not None:
+        raise CharacterError(f"'{character.name}' is a blend; save its two characters instead.")
+    if not character.is_encoded:
+        raise CharacterError(f"'{character.name}' has no CLIP features yet: connect a CLIP vision model (ViT-H) "
+                             f"so it can be encoded before saving.")
+    tensors = {"id_embedding": character.id_embedding.float(), "character_clip": character.character_clip.half(),
+               "face_clip": character.face_clip.half()}
+    for name in ("kps", "character_image", "face_image"):
+        value = getattr(character, name)
+        if value is not None:
+            tensors[name] = torch.from_numpy(np.ascontiguousarray(value))
+    info = {"format": FORMAT, "name": character.name, "extra": json.dumps(metadata or {})}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=info)
+
+
+def load_character(path: str) -> Character:
+    """Read a character written by `save_character`, checking it is one."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            info = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise CharacterError(f"{path}: cannot be read as a saved character ({e}).") from e
+    if info.get("format") != FORMAT or not {"id_embedding", "character_clip", "face_clip"} <= tensors.keys():
+        raise CharacterError(f"{path}: not a StoryMaker character file (saved by 'Save StoryMaker character').")
+
+    def array(name):
+        return tensors[name].numpy() if name in tensors else None
+
+    return Character(name=info.get("name", "character"), id_embedding=tensors["id_embedding"].float(),
+                     kps=array("kps"), character_image=array("character_image"), face_image=array("face_image"),
+                     character_clip=tensors["character_clip"].float(), face_clip=tensors["face_clip"].float())

@@ -1,0 +1,153 @@
+"""The per-layer cross-attention patch a host (ComfyUI) installs on every SDXL `attn2`.
+
+The host projects `q = to_q(x)`, `k = to_k(text)`, `v = to_v(text)` (with StoryMaker's LoRA already
+merged into those weights) and hands them to `LayerPatch(q, k, v, extra_options)`; the result goes
+through the layer's `to_out`. The patch adds the image branch:
+
+    out = text_attention + ip_scale * Attention(q, to_k_ip(tokens), to_v_ip(tokens))
+
+* Image K/V depend only on the weights and the tokens, so they are computed once per layer, device and
+  dtype and then reused for every step and every later sampling.
+* The CFG batch is laid out by `extra_options["cond_or_uncond"]` (`[1, 0]`, `[0]`, `[1, 0, 0]`, ...):
+  positive chunks get the characters' tokens, negative chunks the release's negative tokens.
+* A replace already registered under the same key (another pack's) is chained: its output is the text
+  branch we add to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .attention import AttentionFn, batch_for_chunks, decoupled_attention, region_attention_bias, sdpa_attention
+
+POSITIVE, NEGATIVE = 0, 1
+
+
+def patch_key_name(key: tuple) -> str:
+    """("input", 4, 0) -> "input_4_0": a valid module name."""
+    return "_".join(str(part) for part in key)
+
+
+class ImageProjections(nn.Module):
+    """All `to_k_ip`/`to_v_ip` of a UNet in one module, so the host can move and account for it."""
+
+    def __init__(self, weights: dict):
+        """weights: {patch_key: (to_k_ip [hidden, ctx], to_v_ip [hidden, ctx])}."""
+        super().__init__()
+        self.to_k_ip = nn.ParameterDict()
+        self.to_v_ip = nn.ParameterDict()
+        for key, (k_weight, v_weight) in weights.items():
+            self.to_k_ip[patch_key_name(key)] = nn.Parameter(k_weight, requires_grad=False)
+            self.to_v_ip[patch_key_name(key)] = nn.Parameter(v_weight, requires_grad=False)
+
+    def project(self, key: tuple, tokens: Tensor) -> tuple:
+        """tokens `[B, L, ctx]` -> (ip_k, ip_v) `[B, L, hidden]`, in the tokens' dtype."""
+        name = patch_key_name(key)
+        k_weight, v_weight = self.to_k_ip[name], self.to_v_ip[name]
+        tokens = tokens.to(k_weight.device)
+        return (tokens @ k_weight.to(tokens.dtype).T, tokens @ v_weight.to(tokens.dtype).T)
+
+
+@dataclass
+class ImageBranchSettings:
+    ip_scale: float = 0.8
+    sigma_start: float = float("inf")  # active while sigma_end <= sigma <= sigma_start
+    sigma_end: float = 0.0
+    region_masks: Optional[Sequence[Optional[Tensor]]] = None  # per character `[H, W]` in 0..1, or None
+    tokens_per_group: int = 20
+
+
+class StoryMakerAttention:
+    """State shared by the 70 layer patches of one Apply: projections, tokens, K/V and mask caches."""
+
+    def __init__(self, projections: ImageProjections, cond_tokens: Tensor, uncond_tokens: Tensor,
+                 settings: ImageBranchSettings):
+        """cond_tokens / uncond_tokens: `[N+1, 20, ctx]` image tokens (background first)."""
+        if cond_tokens.shape != uncond_tokens.shape:
+            raise ValueError(f"cond tokens {tuple(cond_tokens.shape)} and uncond tokens "
+                             f"{tuple(uncond_tokens.shape)} must have the same shape")
+        masks = settings.region_masks
+        if masks is not None and len(masks) != cond_tokens.shape[0] - 1:
+            raise ValueError(f"{len(masks)} region masks for {cond_tokens.shape[0] - 1} characters")
+        self.projections = projections
+        self.tokens = {POSITIVE: cond_tokens.flatten(0, 1)[None], NEGATIVE: uncond_tokens.flatten(0, 1)[None]}
+        self.settings = settings
+        self._kv: dict = {}  # (key, device, dtype) -> {kind: (ip_k [1, L, hidden], ip_v)}
+        self._bias: dict = {}  # (h, w, device, dtype) -> [1, h*w, L] or None
+        self._step_sigmas, self._step_active = None, True
+
+    def is_active(self, extra_options: dict) -> bool:
+        """Inside [start_at, end_at] of sampling? Decided once per step (all layers share one sigmas tensor)."""
+        settings = self.settings
+        if settings.ip_scale == 0:
+            return False
+        sigmas = extra_options.get("sigmas")
+        if sigmas is None or (settings.sigma_start == float("inf") and settings.sigma_end <= 0):
+            return True
+        if sigmas is not self._step_sigmas:  # one host sync per step, not one per layer
+            self._step_sigmas = sigmas
+            self._step_active = settings.sigma_end <= float(sigmas.max()) <= settings.sigma_start
+        return self._step_active
+
+    def image_kv(self, key: tuple, device, dtype) -> dict:
+        cache_key = (key, str(device), dtype)
+        if cache_key not in self._kv:
+            with torch.no_grad():
+                self._kv[cache_key] = {kind: tuple(t.to(device=device, dtype=dtype) for t in
+                                                   self.projections.project(key, tokens.to(dtype=torch.float32)))
+                                       for kind, tokens in self.tokens.items()}
+        return self._kv[cache_key]
+
+    def region_bias(self, extra_options: dict, q: Tensor) -> Optional[Tensor]:
+        if not self.settings.region_masks:
+            return None
+        h, w = extra_options["activations_shape"][-2:]
+        cache_key = (h, w, str(q.device), q.dtype)
+        if cache_key not in self._bias:
+            self._bias[cache_key] = region_attention_bias(self.settings.region_masks, (h, w),
+                                                          self.settings.tokens_per_group, q.device, q.dtype)
+        return self._bias[cache_key]
+
+    def forward(self, key: tuple, q: Tensor, k: Tensor, v: Tensor, extra_options: dict, attention: AttentionFn,
+                text_attention: Optional[Tensor]) -> Tensor:
+        heads = extra_options["n_heads"]
+        if not self.is_active(extra_options):
+            return attention(q, k, v, heads, None) if text_attention is None else text_attention
+        kv = self.image_kv(key, q.device, q.dtype)
+        layout = extra_options.get("cond_or_uncond") or [POSITIVE]
+        ip_k = batch_for_chunks({kind: kv[kind][0] for kind in kv}, layout, q.shape[0])
+        ip_v = batch_for_chunks({kind: kv[kind][1] for kind in kv}, layout, q.shape[0])
+        return decoupled_attention(q, k, v, ip_k, ip_v, heads, self.settings.ip_scale,
+                                   ip_mask=self.region_bias(extra_options, q), attention=attention,
+                                   text_attention=text_attention)
+
+    def to(self, device_or_dtype) -> "StoryMakerAttention":
+        """Follow the host's model moves (dtype moves are ignored: K/V are made in the query's dtype)."""
+        if isinstance(device_or_dtype, (torch.device, str)):
+            self.projections.to(device_or_dtype)
+        return self
+
+
+class LayerPatch:
+    """What the host registers under one attn2 key: `patch(q, k, v, extra_options) -> out`."""
+
+    def __init__(self, shared: StoryMakerAttention, key: tuple, previous: Optional[Callable] = None):
+        self.shared, self.key, self.previous = shared, key, previous
+
+    def attention_function(self, extra_options: dict) -> AttentionFn:
+        """The attention kernel; hosts override this to use their own (e.g. ComfyUI's)."""
+        return sdpa_attention
+
+    def __call__(self, q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
+        text = self.previous(q, k, v, extra_options) if self.previous is not None else None
+        return self.shared.forward(self.key, q, k, v, extra_options, self.attention_function(extra_options), text)
+
+    def to(self, device_or_dtype) -> "LayerPatch":
+        self.shared.to(device_or_dtype)
+        if self.previous is not None and hasattr(self.previous, "to"):
+            self.previous = self.previous.to(device_or_dtype)
+        return self

@@ -1,0 +1,168 @@
+"""Apply StoryMaker inside a real ComfyUI (library mode, CPU) and compare with an independent reference.
+
+Needs a ComfyUI v0.14.1 source tree in COMFYUI_PATH and its Python requirements; skipped otherwise.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from storymaker_core.adapter import StoryMakerAdapter
+from storymaker_core.encode import StoryMakerEmbeds
+from storymaker_core.layout import cross_attention_layers, unet_attention_layers_from_state_dict
+from storymaker_core.lora import merge_lora_into_state_dict
+from storymaker_core.weights import expected_image_proj_shapes, expected_ip_adapter_shapes, storymaker_weights_from_state_dict
+from support import measured, relative_error, seeded_weights, tiny_resampler_config
+
+pytestmark = pytest.mark.comfyui
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
+    from support.comfyui import import_comfyui
+
+    return import_comfyui(Path(path))
+
+
+@pytest.fixture(scope="module")
+def setup(comfy):
+    from support.comfyui import load_pack, small_sdxl
+
+    pack = load_pack()
+    model = small_sdxl()
+    shapes = {k: tuple(v.shape) for k, v in model.model.diffusion_model.state_dict().items()}
+    layers = unet_attention_layers_from_state_dict(shapes)
+    config = tiny_resampler_config(cross_attention_dim=2048, dim_head=64, face_heads=1, character_heads=1,
+                                   character_dim=64, ff_mult=1)
+    state = {"image_proj_model": seeded_weights(expected_image_proj_shapes(config), 1, scale=0.05),
+             "ip_adapter": seeded_weights(expected_ip_adapter_shapes(layers, 8), 2, scale=0.05)}
+    adapter = StoryMakerAdapter(storymaker_weights_from_state_dict(state, "test.safetensors"))
+    g = torch.Generator().manual_seed(3)
+    embeds = StoryMakerEmbeds(cond=torch.randn(3, 20, 2048, generator=g), uncond=torch.randn(3, 20, 2048, generator=g),
+                              names=["a", "b"])
+    return pack, model, layers, adapter, embeds, state
+
+
+def run(patcher, x, sigma, context, y, layout):
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([patcher])
+    options = {**patcher.model_options["transformer_options"], "cond_or_uncond": layout, "sigmas": sigma}
+    with torch.no_grad():
+        return patcher.model.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=options)
+
+
+def reference_unet(layers, ip_adapter, embeds, layout, ip_scale, lora_scale):
+    """A second copy of the UNet with LoRA merged and every attn2.forward replaced by the equations, written here."""
+    from support.comfyui import small_sdxl
+
+    unet = small_sdxl().model  # same seed: the same weights as the model under test
+    sd = unet.diffusion_model.state_dict()
+    unet.diffusion_model.load_state_dict(merge_lora_into_state_dict(sd, ip_adapter, layers, lora_scale))
+    rows = [embeds.cond if kind == 0 else embeds.uncond for kind in layout]
+
+    def attention(q, k, v, heads):
+        split = lambda t: t.unflatten(-1, (heads, -1)).transpose(1, 2)
+        return F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).flatten(2)
+
+    for layer in cross_attention_layers(layers):
+        module = unet.diffusion_model.get_submodule(layer.ldm_prefix)
+        kw, vw = ip_adapter[f"{layer.index}.to_k_ip.weight"], ip_adapter[f"{layer.index}.to_v_ip.weight"]
+
+        def forward(x, context=None, value=None, mask=None, transformer_options={}, module=module, kw=kw, vw=vw):
+            q, k, v = module.to_q(x), module.to_k(context), module.to_v(context)
+            per_chunk = x.shape[0] // len(rows)
+            tokens = torch.cat([t.flatten(0, 1)[None].expand(per_chunk, -1, -1) for t in rows])
+            image = attention(q, tokens @ kw.T, tokens @ vw.T, module.heads)
+            return module.to_out(attention(q, k, v, module.heads) + ip_scale * image)
+
+        module.forward = forward
+    return unet
+
+
+@pytest.mark.parametrize("layout", [[1, 0], [0], [0, 1]])
+def test_patched_model_equals_the_reference(setup, layout):
+    pack, model, layers, adapter, embeds, state = setup
+    apply = pack.nodes.apply.StoryMakerApply()
+    (patched,) = apply.apply(model, adapter, embeds, ip_scale=0.8, lora_scale=0.7, start_at=0.0, end_at=1.0)
+    g = torch.Generator().manual_seed(4)
+    b = 2 * len(layout)
+    x, context, y = torch.randn(b, 4, 16, 24, generator=g), torch.randn(b, 77, 2048, generator=g), torch.randn(b, 2816, generator=g)
+    sigma = torch.full((b,), 3.0)
+    ours = run(patched, x, sigma, context, y, layout)
+    reference_model = reference_unet(layers, state["ip_adapter"], embeds, layout, 0.8, 0.7)
+    with torch.no_grad():
+        reference = reference_model.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options={})
+    plain = run(model, x, sigma, context, y, layout)
+    measured(f"ComfyUI-patched small SDXL UNet, cond_or_uncond={layout}, vs reference", relative_error(ours, reference), 1e-4)
+    assert relative_error(plain, reference) > 1e-3  # the patch does change the output
+
+
+def test_unpatched_model_is_unchanged_after_the_patched_clone_ran(setup):
+    pack, model, layers, adapter, embeds, state = setup
+    g = torch.Generator().manual_seed(5)
+    x, context, y = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 2048, generator=g), torch.randn(2, 2816, generator=g)
+    sigma = torch.full((2,), 2.0)
+    before = run(model, x, sigma, context, y, [1, 0])
+    (patched,) = pack.nodes.apply.StoryMakerApply().apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
+    run(patched, x, sigma, context, y, [1, 0])
+    after = run(model, x, sigma, context, y, [1, 0])
+    assert torch.equal(before, after)
+    assert "attn2" not in model.model_options["transformer_options"].get("patches_replace", {})
+    assert not model.patches
+
+
+def test_all_seventy_keys_middle_included_and_existing_replace_chained(setup):
+    pack, model, layers, adapter, embeds, state = setup
+    seen = []
+
+    def other(q, k, v, extra_options):
+        seen.append(extra_options["block"])
+        from comfy.ldm.modules.attention import optimized_attention
+        return optimized_attention(q, k, v, extra_options["n_heads"])
+
+    base = model.clone()
+    base.set_model_attn2_replace(other, "middle", 0, 3)
+    (patched,) = pack.nodes.apply.StoryMakerApply().apply(base, adapter, embeds, 0.8, 0.0, 0.0, 1.0)
+    replaces = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert len(replaces) == 70 and ("middle", 0, 9) in replaces and ("middle", 1, 0) not in replaces
+    assert replaces[("middle", 0, 3)].previous is other
+    assert base.model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 3)] is other
+    g = torch.Generator().manual_seed(6)
+    run(patched, torch.randn(1, 4, 16, 16, generator=g), torch.full((1,), 1.0), torch.randn(1, 77, 2048, generator=g),
+        torch.randn(1, 2816, generator=g), [0])
+    assert seen == [("middle", 0)]
+
+
+def test_clear_errors_for_wrong_models_and_inputs(setup, comfy):
+    from support.comfyui import small_sdxl
+
+    pack, model, layers, adapter, embeds, state = setup
+    apply = pack.nodes.apply.StoryMakerApply()
+    with pytest.raises(ValueError, match="start_at"):
+        apply.apply(model, adapter, embeds, 0.8, 0.8, 0.6, 0.5)
+    with pytest.raises(ValueError, match="mask_3 is connected but the embeds hold only 2"):
+        apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_3=torch.ones(1, 8, 8))
+    with pytest.raises(ValueError, match="mask_1 is empty"):
+        apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_1=torch.zeros(1, 8, 8))
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    sd15 = comfy.supported_models.SD15({"use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True,
+                                        "legacy": False, "num_head_channels": -1, "model_channels": 32, "in_channels": 4, "out_channels": 4, "num_res_blocks": [1, 1, 1, 1],
+                                        "channel_mult": [1, 1, 1, 1], "transformer_depth": [1, 1, 1, 0],
+                                        "transformer_depth_output": [0, 0, 1, 1, 1, 1, 1, 1],
+                                        "transformer_depth_middle": 1, "context_dim": 768, "num_heads": 2,
+                                        "use_linear_in_transformer": False, "adm_in_channels": None,
+                                        "use_temporal_attention": False, "use_temporal_resblock": False})
+    sd15.set_inference_dtype(torch.float32, None)
+    cpu = torch.device("cpu")
+    sd15_patcher = comfy.model_patcher.ModelPatcher(sd15.get_model({}), load_device=cpu, offload_device=cpu)
+    with pytest.raises(Exception, match="SD1.5.*SDXL models only"):
+        apply.apply(sd15_patcher, adapter, embeds, 0.8, 0.8, 0.0, 1.0)

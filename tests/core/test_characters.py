@@ -1,0 +1,169 @@
+"""Characters from a reference photo, the saved-character file, and encoding to tokens."""
+
+import numpy as np
+import pytest
+import torch
+from skimage import data
+
+from storymaker_core.characters import (
+    Character,
+    CharacterError,
+    blend_characters,
+    character_from_reference,
+    combine_references,
+    load_character,
+    save_character,
+)
+from storymaker_core.encode import encode_characters
+from storymaker_core.preprocess import PreprocessError, face_crop
+from storymaker_core.resampler import StoryMakerResampler, interpolate_character_tokens
+from support import measured, relative_error, seeded_weights, tiny_resampler_config
+
+# Where the astronaut's eyes, nose and mouth corners are (512x512 photo).
+KPS = np.array([[185.0, 110.0], [235.0, 105.0], [212.0, 140.0], [190.0, 170.0], [232.0, 167.0]], np.float32)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return data.astronaut()
+
+
+@pytest.fixture(scope="module")
+def person_mask(photo):
+    mask = np.zeros(photo.shape[:2], np.float32)
+    mask[40:512, 100:330] = 1.0  # the astronaut, head to chest
+    return mask
+
+
+def test_character_from_reference_makes_both_crops(photo, person_mask):
+    embedding = np.random.default_rng(0).normal(size=512)
+    character = character_from_reference(photo, person_mask, KPS, embedding, name="Ava")
+    assert character.character_image.shape == character.face_image.shape == (1, 224, 224, 3)
+    assert character.id_embedding.shape == (512,) and not character.is_encoded
+    assert np.allclose(character.id_embedding.numpy(), embedding.astype(np.float32))
+
+
+def test_face_outside_the_mask_is_a_clear_error(photo):
+    mask = np.zeros(photo.shape[:2], np.float32)
+    mask[300:, 350:] = 1.0
+    with pytest.raises(CharacterError, match="outside mask_2.*face_index"):
+        character_from_reference(photo, mask, KPS, np.ones(512), mask_name="mask_2")
+    with pytest.raises(PreprocessError, match="must have the image's size"):
+        character_from_reference(photo, mask[:100], KPS, np.ones(512))
+
+
+def test_clothing_replaces_the_character_crop_only(photo, person_mask):
+    clothing = np.full((300, 200, 3), (200, 30, 30), np.uint8)
+    swapped = character_from_reference(photo, person_mask, KPS, np.ones(512), clothing=clothing)
+    normal = character_from_reference(photo, person_mask, KPS, np.ones(512))
+    assert np.all(swapped.character_image[0] == (200, 30, 30))
+    assert np.array_equal(swapped.face_image, normal.face_image)
+
+
+def test_face_crop_comes_from_the_original_photo_not_the_white_composite(photo):
+    mask = np.zeros(photo.shape[:2], np.float32)
+    mask[105:150, 195:230] = 1.0  # covers the eyes and nose only: the composite would whiten the rest of the face
+    character = character_from_reference(photo, mask, KPS, np.ones(512))
+    assert np.array_equal(character.face_image[0], face_crop(photo, KPS))
+    assert (character.face_image == 255).all(axis=2).mean() < 0.05
+
+
+def test_several_references_combine_into_one_character(photo, person_mask):
+    g = np.random.default_rng(1)
+    refs = [character_from_reference(photo, person_mask, KPS, g.normal(size=512)) for _ in range(3)]
+    combined = combine_references(refs, "Ava")
+    assert combined.character_image.shape == (3, 224, 224, 3) and combined.name == "Ava"
+    mean = np.mean([r.id_embedding.numpy() for r in refs], axis=0)
+    assert np.allclose(combined.id_embedding.numpy(), mean / np.linalg.norm(mean), atol=1e-6)
+    assert combine_references(refs[:1], "Bo").name == "Bo"
+    with pytest.raises(CharacterError, match="no reference"):
+        combine_references([], "x")
+
+
+def encoded(name, seed, clip_dim=24, tokens=9):
+    g = torch.Generator().manual_seed(seed)
+    return Character(name=name, id_embedding=torch.randn(16, generator=g),
+                     character_image=np.zeros((1, 224, 224, 3), np.uint8), face_image=np.zeros((1, 224, 224, 3), np.uint8),
+                     character_clip=torch.randn(tokens, clip_dim, generator=g), face_clip=torch.randn(tokens, clip_dim, generator=g))
+
+
+def test_saved_character_round_trips(tmp_path):
+    character = encoded("Ava", 1)
+    path = tmp_path / "ava.safetensors"
+    save_character(str(path), character, {"source": "test"})
+    loaded = load_character(str(path))
+    assert loaded.name == "Ava" and loaded.is_encoded
+    assert torch.equal(loaded.id_embedding, character.id_embedding)
+    measured("saved character CLIP features (stored fp16)", relative_error(loaded.character_clip, character.character_clip), 1e-3)
+    assert np.array_equal(loaded.face_image, character.face_image)
+
+
+def test_save_and_load_refuse_what_they_cannot_handle(tmp_path):
+    bare = Character(name="raw", id_embedding=torch.zeros(512))
+    with pytest.raises(CharacterError, match="no CLIP features yet"):
+        save_character(str(tmp_path / "x.safetensors"), bare)
+    with pytest.raises(CharacterError, match="is a blend"):
+        save_character(str(tmp_path / "x.safetensors"), blend_characters(encoded("a", 1), encoded("b", 2), 0.5))
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
+    with pytest.raises(CharacterError, match="not a StoryMaker character file"):
+        load_character(str(tmp_path / "other.safetensors"))
+    (tmp_path / "garbage.safetensors").write_bytes(b"nope")
+    with pytest.raises(CharacterError, match="cannot be read"):
+        load_character(str(tmp_path / "garbage.safetensors"))
+    with pytest.raises(CharacterError, match="within 0..1"):
+        blend_characters(encoded("a", 1), encoded("b", 2), 1.5)
+
+
+@pytest.fixture(scope="module")
+def resampler():
+    config = tiny_resampler_config()
+    with torch.device("meta"):
+        model = StoryMakerResampler(config)
+    model.load_state_dict(seeded_weights({k: v.shape for k, v in model.state_dict().items()}, 3, scale=0.2),
+                          assign=True)
+    return model.eval()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_encode_equals_the_resampler_on_stacked_inputs(resampler, n):
+    cast = [encoded(f"c{i}", 10 + i) for i in range(n)]
+    embeds = encode_characters(resampler, cast)
+    with torch.no_grad():
+        expected = resampler(torch.stack([c.id_embedding for c in cast]), torch.stack([c.character_clip for c in cast]),
+                             torch.stack([c.face_clip for c in cast]))
+        assert torch.equal(embeds.cond, expected)
+        assert torch.equal(embeds.uncond, resampler.uncond_tokens(n, num_clip_tokens=9))
+    assert embeds.num_characters == n and embeds.names == [c.name for c in cast]
+
+
+def test_face_only_and_blend(resampler):
+    a, b = encoded("a", 20), encoded("b", 21)
+    with torch.no_grad():
+        raw = resampler.character_tokens(torch.stack([a.id_embedding, b.id_embedding]),
+                                         torch.stack([a.character_clip, b.character_clip]),
+                                         torch.stack([a.face_clip, b.face_clip]))
+        blended = encode_characters(resampler, [blend_characters(a, b, 0.3)]).cond
+        assert torch.allclose(blended, resampler.assemble(interpolate_character_tokens(raw[:1], raw[1:], 0.3)), atol=1e-6)
+    face_only = encode_characters(resampler, [a], face_only=True).cond
+    normal = encode_characters(resampler, [a]).cond
+    assert torch.equal(face_only[0], normal[0]) and not torch.allclose(face_only[1], normal[1])
+
+
+def test_encode_errors_name_the_problem(resampler):
+    with pytest.raises(CharacterError, match="1 to 3 characters; got 4"):
+        encode_characters(resampler, [encoded(str(i), i) for i in range(4)])
+    with pytest.raises(CharacterError, match="CLIP-ViT-H-14"):
+        encode_characters(resampler, [encoded("bigG", 1, clip_dim=1664 // 64)])
+    with pytest.raises(CharacterError, match="no CLIP features"):
+        encode_characters(resampler, [Character(name="raw", id_embedding=torch.zeros(16))])
+
+
+def test_person_box_covers_the_face_and_stays_inside_the_image():
+    from storymaker_core.characters import person_box_from_face
+
+    box = person_box_from_face(np.array([200, 100, 260, 180]), (512, 400))
+    assert box[0] <= 200 and box[1] <= 100 and box[2] >= 260 and box[3] == 511
+    assert box[0] >= 0 and box[2] <= 399
+    edge = person_box_from_face(np.array([0, 0, 100, 120]), (300, 300))
+    assert edge[0] == 0 and edge[1] == 0 and edge[2] == 299

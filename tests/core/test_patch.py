@@ -1,0 +1,125 @@
+"""The per-layer attn2 patch, driven the way ComfyUI drives it (projected q/k/v + extra_options)."""
+
+import math
+
+import pytest
+import torch
+
+from storymaker_core.attention import region_attention_bias, sdpa_attention
+from storymaker_core.patch import ImageBranchSettings, ImageProjections, LayerPatch, StoryMakerAttention
+from support import measured, relative_error
+
+HEADS, HIDDEN, CTX, KEY = 2, 16, 32, ("input", 4, 0)
+
+
+@pytest.fixture
+def parts():
+    g = torch.Generator().manual_seed(11)
+    weights = {KEY: (torch.randn(HIDDEN, CTX, generator=g), torch.randn(HIDDEN, CTX, generator=g)),
+               ("middle", 0, 0): (torch.randn(HIDDEN, CTX, generator=g), torch.randn(HIDDEN, CTX, generator=g))}
+    cond, uncond = torch.randn(3, 4, CTX, generator=g), torch.randn(3, 4, CTX, generator=g)  # N=2, 4 tokens each
+    q, k, v = torch.randn(6, 12, HIDDEN, generator=g), torch.randn(6, 7, HIDDEN, generator=g), torch.randn(6, 7, HIDDEN, generator=g)
+    return weights, cond, uncond, (q, k, v)
+
+
+def options(layout, sigma=5.0, hw=(3, 4)):
+    return {"n_heads": HEADS, "cond_or_uncond": layout, "sigmas": torch.tensor([sigma]),
+            "activations_shape": [6, HIDDEN, *hw], "block": KEY[:2], "block_index": KEY[2]}
+
+
+def reference(weights, tokens_per_row, q, k, v, scale, bias=None):
+    """float64: per row, text softmax + scale * image softmax, heads split by hand."""
+    kw, vw = (w.double() for w in weights[KEY])
+    out = []
+    d = HIDDEN // HEADS
+    for row, tokens in enumerate(tokens_per_row):
+        t = tokens.flatten(0, 1).double()
+        ik, iv = t @ kw.T, t @ vw.T
+        heads = []
+        for h in range(HEADS):
+            s = slice(h * d, (h + 1) * d)
+            qh, kh, vh = q[row, :, s].double(), k[row, :, s].double(), v[row, :, s].double()
+            text = torch.softmax(qh @ kh.T / math.sqrt(d), -1) @ vh
+            scores = qh @ ik[:, s].T / math.sqrt(d)
+            if bias is not None:
+                scores = scores + bias[0].double()
+            heads.append(text + scale * torch.softmax(scores, -1) @ iv[:, s])
+        out.append(torch.cat(heads, -1))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("layout", [[0], [1], [1, 0], [0, 1], [1, 0, 0]])
+def test_each_cfg_chunk_gets_its_own_tokens(parts, layout):
+    weights, cond, uncond, (q, k, v) = parts
+    batch = 2 * len(layout)
+    q, k, v = q[:batch], k[:batch], v[:batch]
+    shared = StoryMakerAttention(ImageProjections(weights), cond, uncond, ImageBranchSettings(ip_scale=0.7, tokens_per_group=4))
+    out = LayerPatch(shared, KEY)(q, k, v, options(layout))
+    rows = [cond if kind == 0 else uncond for kind in layout for _ in range(2)]
+    measured(f"attn2 patch, cond_or_uncond={layout}, vs float64 reference",
+             relative_error(out, reference(weights, rows, q, k, v, 0.7)), 1e-5)
+
+
+def test_image_kv_is_computed_once_and_reused(parts, monkeypatch):
+    weights, cond, uncond, (q, k, v) = parts
+    projections = ImageProjections(weights)
+    calls = []
+    original = projections.project
+    monkeypatch.setattr(projections, "project", lambda key, tokens: calls.append(key) or original(key, tokens))
+    patch = LayerPatch(StoryMakerAttention(projections, cond, uncond, ImageBranchSettings(tokens_per_group=4)), KEY)
+    for step in range(5):
+        patch(q[:4], k[:4], v[:4], options([1, 0], sigma=10.0 - step))
+    assert calls == [KEY, KEY]  # once for cond, once for uncond: not per step
+
+
+def test_outside_start_end_window_the_layer_is_plain_attention(parts):
+    weights, cond, uncond, (q, k, v) = parts
+    settings = ImageBranchSettings(ip_scale=0.8, sigma_start=5.0, sigma_end=1.0, tokens_per_group=4)
+    patch = LayerPatch(StoryMakerAttention(ImageProjections(weights), cond, uncond, settings), KEY)
+    plain = sdpa_attention(q[:2], k[:2], v[:2], HEADS)
+    assert torch.equal(patch(q[:2], k[:2], v[:2], options([0], sigma=9.0)), plain)
+    assert torch.equal(patch(q[:2], k[:2], v[:2], options([0], sigma=0.5)), plain)
+    assert not torch.allclose(patch(q[:2], k[:2], v[:2], options([0], sigma=3.0)), plain)
+
+
+def test_an_existing_replace_is_chained_not_overwritten(parts):
+    weights, cond, uncond, (q, k, v) = parts
+    seen = []
+
+    def other_pack(q_, k_, v_, extra_options):
+        seen.append(extra_options["block"])
+        return torch.full_like(q_, 2.0)
+
+    shared = StoryMakerAttention(ImageProjections(weights), cond, uncond, ImageBranchSettings(ip_scale=0.5, tokens_per_group=4))
+    chained = LayerPatch(shared, KEY, previous=other_pack)(q[:2], k[:2], v[:2], options([0]))
+    alone = LayerPatch(shared, KEY)(q[:2], k[:2], v[:2], options([0]))
+    text = sdpa_attention(q[:2], k[:2], v[:2], HEADS)
+    assert seen == [("input", 4)]
+    assert torch.allclose(chained - 2.0, alone - text, atol=1e-6)
+
+
+def test_region_masks_follow_the_layer_resolution(parts):
+    weights, cond, uncond, (q, k, v) = parts
+    left = torch.zeros(30, 40)
+    left[:, :20] = 1
+    settings = ImageBranchSettings(ip_scale=0.9, region_masks=[left, 1 - left], tokens_per_group=4)
+    out = LayerPatch(StoryMakerAttention(ImageProjections(weights), cond, uncond, settings), KEY)(q[:2], k[:2], v[:2], options([0]))
+    bias = region_attention_bias([left, 1 - left], (3, 4), 4)
+    measured("attn2 patch with region masks vs float64 reference",
+             relative_error(out, reference(weights, [cond, cond], q[:2], k[:2], v[:2], 0.9, bias=bias)), 1e-5)
+
+
+def test_bad_settings_are_reported(parts):
+    weights, cond, uncond, _ = parts
+    with pytest.raises(ValueError, match="3 region masks for 2 characters"):
+        StoryMakerAttention(ImageProjections(weights), cond, uncond,
+                            ImageBranchSettings(region_masks=[None] * 3, tokens_per_group=4))
+    with pytest.raises(ValueError, match="same shape"):
+        StoryMakerAttention(ImageProjections(weights), cond, uncond[:2], ImageBranchSettings())
+
+
+def test_to_returns_the_patch_and_moves_projections(parts):
+    weights, cond, uncond, _ = parts
+    patch = LayerPatch(StoryMakerAttention(ImageProjections(weights), cond, uncond, ImageBranchSettings()), KEY)
+    assert patch.to(torch.device("cpu")) is patch and patch.to(torch.float16) is patch
+    assert patch.shared.projections.to_k_ip["input_4_0"].dtype == torch.float32

@@ -1,0 +1,73 @@
+"""Running the pack inside a real ComfyUI (a source tree in COMFYUI_PATH), in library mode."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+PACK_MODULE = "ComfyUI_StoryMaker_under_test"
+
+
+def import_comfyui(path: Path):
+    """Import ComfyUI from its source tree on the CPU (the flag must be set before model_management)."""
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    import comfy.model_management  # noqa: F401
+
+    return comfy
+
+
+def load_pack():
+    """Import this repository the way ComfyUI imports a custom node folder."""
+    if PACK_MODULE in sys.modules:
+        return sys.modules[PACK_MODULE]
+    spec = importlib.util.spec_from_file_location(PACK_MODULE, REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_MODULE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+SMALL_SDXL = {
+    "use_checkpoint": False, "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 64,
+    "num_res_blocks": [2, 2, 2], "channel_mult": [1, 1, 1], "transformer_depth": [0, 0, 2, 2, 10, 10],
+    "transformer_depth_middle": 10, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+    "num_head_channels": 64, "context_dim": 2048, "adm_in_channels": 2816, "num_classes": "sequential",
+    "use_spatial_transformer": True, "legacy": False, "use_linear_in_transformer": True,
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def small_sdxl(seed: int = 0, **overrides):
+    """An SDXL-shaped model (SDXL's 70 transformer blocks, narrow channels) in a ModelPatcher, initialised.
+
+    Models built in code have uninitialised weights: every parameter is set explicitly here.
+    """
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config = comfy.supported_models.SDXL({**SMALL_SDXL, **overrides})
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.01)
+            elif "norm" in name and p.dim() == 1:
+                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.01)
+            else:
+                fan_in = max(p[0].numel(), 1) if p.dim() > 1 else p.numel()
+                p.copy_(torch.randn(p.shape, generator=g) / fan_in ** 0.5)
+        for b in model.buffers():
+            assert torch.isfinite(b).all()
+    cpu = torch.device("cpu")
+    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
