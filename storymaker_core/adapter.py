@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import torch
+
 from .layout import AttentionLayer, unet_attention_layers_from_state_dict
 from .lora import image_kv_weights, ldm_keyed_lora
 from .patch import ImageProjections
@@ -23,7 +25,7 @@ class StoryMakerAdapter:
     def resampler(self) -> StoryMakerResampler:
         """float32 on the CPU: it runs once per cast, not per step."""
         if self._resampler is None:
-            self._resampler = self.weights.build_resampler()
+            self._resampler = self.weights.build_resampler(dtype=torch.float32)
         return self._resampler
 
     def layers_for(self, unet_shapes: Mapping[str, Sequence[int]], model_name: str = "the model") -> list:

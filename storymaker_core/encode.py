@@ -23,7 +23,10 @@ class StoryMakerEmbeds:
         return self.cond.shape[0] - 1
 
 
-def _check_features(character: Character, clip_dim: int) -> None:
+def _check_features(character: Character, clip_dim: int, id_dim: int) -> None:
+    if character.id_embedding.numel() != id_dim:
+        raise CharacterError(f"character '{character.name}': identity embedding has {character.id_embedding.numel()} "
+                             f"values, this StoryMaker file needs {id_dim} (InsightFace buffalo_l ArcFace).")
     if not character.is_encoded:
         raise CharacterError(f"character '{character.name}' has no CLIP features: connect a CLIP vision model "
                              f"(CLIP-ViT-H-14) to the encode node.")
@@ -51,9 +54,9 @@ def encode_characters(resampler: StoryMakerResampler, characters: Sequence[Chara
     if not 1 <= len(characters) <= limit:
         raise CharacterError(f"StoryMaker takes 1 to {limit} characters; got {len(characters)}.")
     for character in characters:
-        _check_features(character, resampler.config.clip_dim)
-        if character.blend_with is not None:
-            _check_features(character.blend_with, resampler.config.clip_dim)
+        for member in (character, character.blend_with):
+            if member is not None:
+                _check_features(member, resampler.config.clip_dim, resampler.config.id_dim)
     tokens = _raw_tokens(resampler, characters, face_only)
     for i, character in enumerate(characters):
         if character.blend_with is not None:

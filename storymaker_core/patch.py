@@ -77,6 +77,7 @@ class StoryMakerAttention:
         self.tokens = {POSITIVE: cond_tokens.flatten(0, 1)[None], NEGATIVE: uncond_tokens.flatten(0, 1)[None]}
         self.settings = settings
         self._kv: dict = {}  # (key, device, dtype) -> {kind: (ip_k [1, L, hidden], ip_v)}
+        self._batched: dict = {}  # (key, device, dtype, layout, batch) -> (ip_k, ip_v) [B, L, hidden]
         self._bias: dict = {}  # (h, w, device, dtype) -> [1, h*w, L] or None
         self._step_sigmas, self._step_active = None, True
 
@@ -102,6 +103,15 @@ class StoryMakerAttention:
                                        for kind, tokens in self.tokens.items()}
         return self._kv[cache_key]
 
+    def batched_kv(self, key: tuple, q: Tensor, layout: Sequence[int]) -> tuple:
+        """Image K/V stacked for this CFG layout `[B, L, hidden]`, cached: no copies per step."""
+        cache_key = (key, str(q.device), q.dtype, tuple(layout), q.shape[0])
+        if cache_key not in self._batched:
+            kv = self.image_kv(key, q.device, q.dtype)
+            self._batched[cache_key] = tuple(batch_for_chunks({kind: pair[i] for kind, pair in kv.items()}, layout,
+                                                              q.shape[0]) for i in (0, 1))
+        return self._batched[cache_key]
+
     def region_bias(self, extra_options: dict, q: Tensor) -> Optional[Tensor]:
         if not self.settings.region_masks:
             return None
@@ -117,10 +127,7 @@ class StoryMakerAttention:
         heads = extra_options["n_heads"]
         if not self.is_active(extra_options):
             return attention(q, k, v, heads, None) if text_attention is None else text_attention
-        kv = self.image_kv(key, q.device, q.dtype)
-        layout = extra_options.get("cond_or_uncond") or [POSITIVE]
-        ip_k = batch_for_chunks({kind: kv[kind][0] for kind in kv}, layout, q.shape[0])
-        ip_v = batch_for_chunks({kind: kv[kind][1] for kind in kv}, layout, q.shape[0])
+        ip_k, ip_v = self.batched_kv(key, q, extra_options.get("cond_or_uncond") or [POSITIVE])
         return decoupled_attention(q, k, v, ip_k, ip_v, heads, self.settings.ip_scale,
                                    ip_mask=self.region_bias(extra_options, q), attention=attention,
                                    text_attention=text_attention)
@@ -128,7 +135,7 @@ class StoryMakerAttention:
     def to(self, device_or_dtype) -> "StoryMakerAttention":
         """Follow the host's model moves (dtype moves are ignored: K/V are made in the query's dtype)."""
         if isinstance(device_or_dtype, (torch.device, str)):
-            self.projections.to(device_or_dtype)
+            self.projections.to(device_or_dtype)  # caches are keyed by device: nothing to invalidate
         return self
 
 

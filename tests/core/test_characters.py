@@ -155,6 +155,8 @@ def test_encode_errors_name_the_problem(resampler):
         encode_characters(resampler, [encoded(str(i), i) for i in range(4)])
     with pytest.raises(CharacterError, match="CLIP-ViT-H-14"):
         encode_characters(resampler, [encoded("bigG", 1, clip_dim=1664 // 64)])
+    with pytest.raises(CharacterError, match="identity embedding has 512 values, this StoryMaker file needs 16"):
+        encode_characters(resampler, [Character(name="x", id_embedding=torch.zeros(512))])
     with pytest.raises(CharacterError, match="no CLIP features"):
         encode_characters(resampler, [Character(name="raw", id_embedding=torch.zeros(16))])
 

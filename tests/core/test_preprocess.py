@@ -122,7 +122,11 @@ def test_face_crop_inverts_a_known_alignment(photo):
 def test_face_crop_matches_insightface_norm_crop(photo):
     face_align = pytest.importorskip("insightface.utils.face_align", reason="insightface not installed")
     kps = np.array([[185.0, 110.0], [235.0, 105.0], [212.0, 140.0], [190.0, 170.0], [232.0, 167.0]], np.float32)
-    assert np.array_equal(face_crop(photo, kps), face_align.norm_crop(photo, landmark=kps, image_size=224))
+    ours = face_crop(photo, kps).astype(int)
+    theirs = face_align.norm_crop(photo, landmark=kps, image_size=224).astype(int)
+    # insightface estimates the transform in float32, we in float64: bilinear samples may round 1 apart
+    assert np.abs(ours - theirs).max() <= 1
+    assert (ours != theirs).mean() < 0.01
 
 
 def test_degenerate_keypoints_are_a_clear_error(photo):

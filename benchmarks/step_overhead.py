@@ -1,0 +1,184 @@
+"""Cost of one SDXL UNet step with Apply StoryMaker vs without, measured in the same run.
+
+    python benchmarks/step_overhead.py --comfyui /path/to/ComfyUI                     # CPU, small SDXL-shaped UNet
+    python benchmarks/step_overhead.py --comfyui /path/to/ComfyUI --full --res 1024   # GPU, full SDXL, fp16
+
+ComfyUI in library mode, CFG batch (cond + uncond). StoryMaker's LoRA is merged into the weights by
+ComfyUI, so every variant runs on the same loaded weights and differs only in the attn2 patches:
+baseline, 1/2/3 characters, 2/3 characters with region masks. Variants are interleaved over many rounds
+(an eager SDXL step on a GPU is CPU-launch-bound and drifts), the median is reported, and on CUDA each
+variant is also timed captured in a CUDA graph. Prints one summary line last and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+FULL_SDXL = {"model_channels": 320, "channel_mult": [1, 2, 4]}
+
+
+def build(args):
+    import torch
+
+    from support.comfyui import import_comfyui, load_pack, small_sdxl
+
+    import_comfyui(Path(args.comfyui))
+    if torch.cuda.is_available():  # the helper forces CPU; a GPU run uses the GPU
+        import comfy.cli_args
+        import comfy.model_management as mm
+        comfy.cli_args.args.cpu = False
+        mm.cpu_state = mm.CPUState.GPU
+    import comfy.model_management
+    import comfy.model_patcher
+
+    from storymaker_core.adapter import StoryMakerAdapter
+    from storymaker_core.encode import StoryMakerEmbeds
+    from storymaker_core.layout import unet_attention_layers_from_state_dict
+    from storymaker_core.weights import expected_image_proj_shapes, expected_ip_adapter_shapes, storymaker_weights_from_state_dict
+    from support import seeded_weights, tiny_resampler_config
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    patcher = small_sdxl(**(FULL_SDXL if args.full else {}))
+    patcher.model.to(dtype)
+    patcher.load_device = device
+    unet = patcher.model.diffusion_model.state_dict()
+    layers = unet_attention_layers_from_state_dict({k: tuple(v.shape) for k, v in unet.items()})
+    state = {"image_proj_model": seeded_weights(expected_image_proj_shapes(tiny_resampler_config(cross_attention_dim=2048)), 1),
+             "ip_adapter": seeded_weights(expected_ip_adapter_shapes(layers, 128), 2, scale=0.01)}
+    adapter = StoryMakerAdapter(storymaker_weights_from_state_dict(state, "random", dim_head=16))
+    apply = load_pack().nodes.apply.StoryMakerApply()
+    g = torch.Generator().manual_seed(0)
+    h = w = args.res // 8
+    variants = {"baseline": None}
+    for n, masked in ((1, False), (2, False), (3, False), (2, True), (3, True)):
+        embeds = StoryMakerEmbeds(torch.randn(n + 1, 20, 2048, generator=g), torch.randn(n + 1, 20, 2048, generator=g), [])
+        masks = {}
+        if masked:
+            for i in range(n):
+                m = torch.zeros(1, args.res, args.res)
+                m[:, :, i * args.res // n:(i + 1) * args.res // n] = 1
+                masks[f"mask_{i + 1}"] = m
+        (clone,) = apply.apply(patcher, adapter, embeds, 0.8, 0.8, 0.0, 1.0, **masks)
+        variants[f"{n} char" + (" + masks" if masked else "")] = clone
+    loaded = variants["1 char"]
+    comfy.model_management.load_models_gpu([loaded])  # LoRA merged once; all variants share these weights
+    x = torch.randn(2, 4, h, w, generator=g).to(device, dtype)
+    context = torch.randn(2, 77, 2048, generator=g).to(device, dtype)
+    y = torch.randn(2, 2816, generator=g).to(device, dtype)
+    sigma = torch.full((2,), 5.0, device=device)
+    base_options = {k: v for k, v in loaded.model_options["transformer_options"].items() if k != "patches_replace"}
+
+    def options(clone):
+        opts = dict(base_options if clone is None else clone.model_options["transformer_options"])
+        opts.update(cond_or_uncond=[1, 0], sigmas=sigma)
+        return opts
+
+    def step_fn(clone):
+        opts = options(clone)
+        return lambda: loaded.model.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=opts)
+
+    extra = sum(p.numel() * p.element_size() for p in adapter.projections(layers).parameters())
+    return {name: step_fn(clone) for name, clone in variants.items()}, device, extra
+
+
+def time_eager(steps, rounds, device):
+    import torch
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    samples = {name: [] for name in steps}
+    with torch.no_grad():
+        for fn in steps.values():
+            fn(), fn()  # warm-up: kernels, K/V caches
+        for _ in range(rounds):
+            order = list(steps)
+            random.shuffle(order)
+            for name in order:
+                sync()
+                start = time.perf_counter()
+                steps[name]()
+                sync()
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def time_cuda_graph(steps, rounds):
+    import torch
+
+    graphs = {}
+    with torch.no_grad():
+        for name, fn in steps.items():
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                fn(), fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                fn()
+            graphs[name] = graph
+    samples = {name: [] for name in graphs}
+    for _ in range(rounds):
+        for name in random.sample(list(graphs), len(graphs)):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            graphs[name].replay()
+            end.record()
+            end.synchronize()
+            samples[name].append(start.elapsed_time(end) / 1000)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--comfyui", required=True, help="ComfyUI source tree")
+    parser.add_argument("--full", action="store_true", help="full-size SDXL UNet (use on a GPU)")
+    parser.add_argument("--res", type=int, default=256, help="image resolution (latent = res/8)")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "step_overhead.json"))
+    args = parser.parse_args(argv)
+    import torch
+
+    steps, device, extra_bytes = build(args)
+    eager = time_eager(steps, args.rounds, device)
+    graph = None
+    if device.type == "cuda":
+        try:
+            graph = time_cuda_graph(steps, args.rounds)
+        except Exception as e:  # report, don't hide: the eager numbers still stand
+            graph = {"error": f"{type(e).__name__}: {e}"}
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"device: {name}, {'full' if args.full else 'small'} SDXL-shaped UNet, {args.res}x{args.res}, CFG batch 2, "
+          f"{args.rounds} interleaved rounds")
+    print(f"{'variant':<18} {'eager ms':>9} {'ratio':>7}" + (f" {'graph ms':>9} {'ratio':>7}" if graph and "error" not in graph else ""))
+    for variant in steps:
+        line = f"{variant:<18} {eager[variant] * 1000:9.1f} {eager[variant] / eager['baseline']:7.3f}"
+        if graph and "error" not in graph:
+            line += f" {graph[variant] * 1000:9.2f} {graph[variant] / graph['baseline']:7.3f}"
+        print(line)
+    if graph and "error" in graph:
+        print(f"CUDA graph timing failed: {graph['error']}")
+    result = {"benchmark": "step_overhead", "device": name, "full_size": args.full, "res": args.res, "rounds": args.rounds,
+              "eager_s": eager, "cuda_graph_s": graph, "image_projection_bytes": extra_bytes,
+              "ratios_eager": {k: v / eager["baseline"] for k, v in eager.items()}}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(f"extra weights of the patched model: {extra_bytes / 2**20:.1f} MiB (to_k_ip/to_v_ip; LoRA is merged)")
+    best = graph if graph and "error" not in graph else eager
+    print(f"step_overhead: {best['1 char'] / best['baseline']:.3f}x (1 character), {best['2 char'] / best['baseline']:.3f}x "
+          f"(2 characters) vs plain SDXL step ({'CUDA graph' if best is graph else 'eager'}, {name})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

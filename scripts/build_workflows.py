@@ -1,0 +1,224 @@
+"""Write every example workflow in both formats: `workflows/NAME.json` (UI) and `workflows/NAME.api.json`.
+
+    python scripts/build_workflows.py
+
+Each graph is defined once here; the UI file is derived from the API one with the node specs, so the two
+always describe the same graph (tests/workflows checks it again, and validates both against the specs).
+Node titles follow the story runner's conventions (`positive`, `negative`, `sampler`, `latent`, `output`,
+`character:1`, `mask:1`, `pose`), so any single-scene workflow here is also a story template.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+from storymaker_core.workflow_format import api_to_ui  # noqa: E402
+
+# The files each workflow expects (README, "Models"): names are what users save the downloads as.
+CHECKPOINT = "sd_xl_base_1.0.safetensors"
+STORYMAKER = "mask.bin"
+CLIP_VISION = "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors"
+CONTROLNET = "controlnet-openpose-sdxl-1.0.safetensors"
+STYLE_LORA = "your_sdxl_style_lora.safetensors"
+SAM = "sam_vit_b_01ec64.pth"
+NEGATIVE = "bad quality, NSFW, low quality, ugly, disfigured, deformed"
+
+
+class Graph:
+    """API-format prompt builder: `add` returns the node id; `out(id, slot)` is a link."""
+
+    def __init__(self):
+        self.nodes = {}
+
+    def add(self, class_type: str, title: str = None, **inputs) -> str:
+        node_id = str(len(self.nodes) + 1)
+        self.nodes[node_id] = {"class_type": class_type, "inputs": inputs, "_meta": {"title": title or class_type}}
+        return node_id
+
+
+def out(node_id: str, slot: int = 0) -> list:
+    return [node_id, slot]
+
+
+def base(g: Graph):
+    """Checkpoint, StoryMaker, InsightFace and CLIP vision loaders."""
+    ckpt = g.add("CheckpointLoaderSimple", "Load Checkpoint", ckpt_name=CHECKPOINT)
+    sm = g.add("StoryMakerLoader", "Load StoryMaker", storymaker_file=STORYMAKER)
+    face = g.add("StoryMakerInsightFaceLoader", "Load InsightFace", model_name="buffalo_l", provider="CUDA", det_size=640)
+    clip_vision = g.add("CLIPVisionLoader", "Load CLIP Vision", clip_name=CLIP_VISION)
+    return ckpt, sm, face, clip_vision
+
+
+def character(g: Graph, face: str, slot: int, name: str, with_mask: bool = True, **extra) -> str:
+    image = g.add("LoadImage", f"character:{slot}", image=f"character_{slot}.png")
+    inputs = dict(image=out(image), insightface=out(face), name=name, face_index=0, **extra)
+    if with_mask:
+        mask = g.add("LoadImageMask", f"mask:{slot}", image=f"character_{slot}_mask.png", channel="red")
+        inputs["mask"] = out(mask)
+    return g.add("StoryMakerCharacterFromImage", f"Character {slot}: {name}", **inputs)
+
+
+def scene(g: Graph, model, clip, vae, prompt: str, seed: int, suffix: str = "", positive=None, negative=None,
+          width: int = 960, height: int = 1280, prefix: str = "storymaker/scene") -> str:
+    """Prompt -> KSampler -> decode -> save. Titles get a suffix when a graph holds several scenes."""
+    if positive is None:
+        positive = out(g.add("CLIPTextEncode", f"positive{suffix}", text=prompt, clip=clip))
+    if negative is None:
+        negative = out(g.add("CLIPTextEncode", f"negative{suffix}", text=NEGATIVE, clip=clip))
+    latent = g.add("EmptyLatentImage", f"latent{suffix}", width=width, height=height, batch_size=1)
+    sampler = g.add("KSampler", f"sampler{suffix}", model=model, seed=seed, steps=25, cfg=7.5,
+                    sampler_name="uni_pc", scheduler="normal", positive=positive, negative=negative,
+                    latent_image=out(latent), denoise=1.0)
+    decoded = g.add("VAEDecode", f"VAE Decode{suffix}", samples=out(sampler), vae=vae)
+    return g.add("SaveImage", f"output{suffix}", images=out(decoded), filename_prefix=prefix)
+
+
+def apply(g: Graph, model, sm, embeds, **extra) -> str:
+    return g.add("StoryMakerApply", "Apply StoryMaker", model=model, storymaker=out(sm), embeds=out(embeds),
+                 ip_scale=0.8, lora_scale=0.8, start_at=0.0, end_at=1.0, **extra)
+
+
+def one_character(scenes: list) -> dict:
+    g = Graph()
+    ckpt, sm, face, clip_vision = base(g)
+    sam = g.add("StoryMakerSAMLoader", "Load Segment Anything", sam_file=SAM)
+    char = character(g, face, 1, "ava", with_mask=False, sam=out(sam))  # segmented automatically
+    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(char),
+                   face_only=False, clip_vision=out(clip_vision))
+    model = apply(g, out(ckpt), sm, embeds)
+    for i, prompt in enumerate(scenes):
+        suffix = "" if len(scenes) == 1 else f" {i + 1}"
+        scene(g, out(model), out(ckpt, 1), out(ckpt, 2), prompt, seed=666, suffix=suffix)  # one seed: one look
+    return g.nodes
+
+
+def two_characters_regions() -> dict:
+    g = Graph()
+    ckpt, sm, face, clip_vision = base(g)
+    first, second = character(g, face, 1, "ava"), character(g, face, 2, "ben")
+    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(first),
+                   face_only=False, clip_vision=out(clip_vision), character_2=out(second))
+    left = g.add("LoadImageMask", "region 1 (left)", image="region_left.png", channel="red")
+    right = g.add("LoadImageMask", "region 2 (right)", image="region_right.png", channel="red")
+    model = apply(g, out(ckpt), sm, embeds, mask_1=out(left), mask_2=out(right))
+    scene(g, out(model), out(ckpt, 1), out(ckpt, 2), "a woman and a man taking a selfie in front of the Eiffel "
+          "tower, the woman on the left, the man on the right", seed=666, width=1280, height=960)
+    return g.nodes
+
+
+def pose_guided() -> dict:
+    g = Graph()
+    ckpt, sm, face, clip_vision = base(g)
+    char = character(g, face, 1, "ava")
+    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(char),
+                   face_only=False, clip_vision=out(clip_vision))
+    model = apply(g, out(ckpt), sm, embeds)
+    positive = g.add("CLIPTextEncode", "positive", text="a woman dancing in a ballroom, elegant dress", clip=out(ckpt, 1))
+    negative = g.add("CLIPTextEncode", "negative", text=NEGATIVE, clip=out(ckpt, 1))
+    controlnet = g.add("ControlNetLoader", "Load OpenPose ControlNet", control_net_name=CONTROLNET)
+    pose = g.add("LoadImage", "pose", image="pose.png")
+    control = g.add("ControlNetApplyAdvanced", "Apply pose", positive=out(positive), negative=out(negative),
+                    control_net=out(controlnet), image=out(pose), strength=0.8, start_percent=0.0, end_percent=1.0)
+    scene(g, out(model), out(ckpt, 1), out(ckpt, 2), "", seed=666, positive=out(control, 0), negative=out(control, 1))
+    return g.nodes
+
+
+def clothing_swap() -> dict:
+    g = Graph()
+    ckpt, sm, face, clip_vision = base(g)
+    clothing = g.add("LoadImage", "clothing", image="clothing.png")
+    char = character(g, face, 1, "ava", clothing=out(clothing))
+    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(char),
+                   face_only=False, clip_vision=out(clip_vision))
+    model = apply(g, out(ckpt), sm, embeds)
+    scene(g, out(model), out(ckpt, 1), out(ckpt, 2), "a woman walking in a park, full body, photo", seed=666)
+    return g.nodes
+
+
+def face_only_style() -> dict:
+    g = Graph()
+    ckpt, sm, face, clip_vision = base(g)
+    lora = g.add("LoraLoader", "Style LoRA", model=out(ckpt), clip=out(ckpt, 1), lora_name=STYLE_LORA,
+                 strength_model=0.8, strength_clip=0.8)
+    char = character(g, face, 1, "ava")
+    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(char),
+                   face_only=True, clip_vision=out(clip_vision))
+    model = apply(g, out(lora), sm, embeds)
+    scene(g, out(model), out(lora, 1), out(ckpt, 2), "a watercolor illustration of a woman reading under a tree",
+          seed=666, width=1024, height=1024)
+    return g.nodes
+
+
+def character_blend() -> dict:
+    g = Graph()
+    ckpt, sm, face, clip_vision = base(g)
+    first, second = character(g, face, 1, "ava"), character(g, face, 2, "ben")
+    blend = g.add("StoryMakerBlendCharacters", "Blend characters", character_a=out(first), character_b=out(second),
+                  weight=0.5)
+    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(blend),
+                   face_only=False, clip_vision=out(clip_vision))
+    model = apply(g, out(ckpt), sm, embeds)
+    scene(g, out(model), out(ckpt, 1), out(ckpt, 2), "a portrait photo of a person in a cafe", seed=666,
+          width=1024, height=1024)
+    return g.nodes
+
+
+def save_character() -> dict:
+    g = Graph()  # saving needs neither the checkpoint nor StoryMaker
+    face = g.add("StoryMakerInsightFaceLoader", "Load InsightFace", model_name="buffalo_l", provider="CUDA", det_size=640)
+    clip_vision = g.add("CLIPVisionLoader", "Load CLIP Vision", clip_name=CLIP_VISION)
+    char = character(g, face, 1, "ava")
+    g.add("StoryMakerSaveCharacter", "Save character", character=out(char), filename="ava", clip_vision=out(clip_vision))
+    return g.nodes
+
+
+def reuse_saved_character() -> dict:
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", "Load Checkpoint", ckpt_name=CHECKPOINT)
+    sm = g.add("StoryMakerLoader", "Load StoryMaker", storymaker_file=STORYMAKER)
+    saved = g.add("StoryMakerLoadCharacter", "Load character", character_file="ava.safetensors")
+    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(saved),
+                   face_only=False)  # no CLIP vision, no InsightFace: the file holds the features
+    model = apply(g, out(ckpt), sm, embeds)
+    scene(g, out(model), out(ckpt, 1), out(ckpt, 2), "a woman hiking in the mountains, photo", seed=666)
+    return g.nodes
+
+
+WORKFLOWS = {
+    "01-one-character-story": lambda: one_character([
+        "a woman drinking coffee in a sunny kitchen, morning light, photo",
+        "a woman riding a bicycle through a city park, noon, photo",
+        "a woman reading a book by the fireplace, evening, photo"]),
+    "02-two-characters-regions": two_characters_regions,
+    "03-pose-guided": pose_guided,
+    "04-clothing-swap": clothing_swap,
+    "05-face-only-style-lora": face_only_style,
+    "06-character-blend": character_blend,
+    "07-save-character": save_character,
+    "08-reuse-saved-character": reuse_saved_character,
+    "story-template-one-character": lambda: one_character(["a woman in a sunny kitchen, photo"]),
+    "story-template-two-characters": two_characters_regions,
+}
+
+
+def main() -> int:
+    from support.node_specs import node_specs
+
+    specs = node_specs()
+    folder = REPO / "workflows"
+    folder.mkdir(exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        api = build()
+        (folder / f"{name}.api.json").write_text(json.dumps(api, indent=2) + "\n")
+        (folder / f"{name}.json").write_text(json.dumps(api_to_ui(api, specs), indent=2) + "\n")
+        print(f"wrote workflows/{name}.json and .api.json ({len(api)} nodes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

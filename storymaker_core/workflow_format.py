@@ -1,0 +1,175 @@
+"""ComfyUI's two workflow formats and how they map, given each node's input spec.
+
+* API format (what `POST /prompt` takes): `{id: {"class_type", "inputs": {name: value | [src_id, slot]},
+  "_meta": {"title"}}}`.
+* UI format (what the editor saves): `nodes` with `widgets_values` (the widget inputs' values in input
+  order, plus the editor's extra widgets: `control_after_generate` after a seed, the upload button after
+  an image picker) and `links` `[id, from_node, from_slot, to_node, to_slot, type]`.
+
+A node spec is `/object_info`'s entry: `{"input": {"required": {...}, "optional": {...}}, "output": [...],
+"output_name": [...]}`. Used to ship every example in both formats and to check they describe one graph.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+SEED_NAMES = {"seed", "noise_seed"}
+
+
+class WorkflowFormatError(ValueError):
+    """A workflow that does not match the node specs, naming the node and input."""
+
+
+def _inputs(spec: Mapping) -> list:
+    """[(name, type_or_choices, options)] in declaration order, required first."""
+    out = []
+    for section in ("required", "optional"):
+        for name, entry in spec.get("input", {}).get(section, {}).items():
+            out.append((name, entry[0], entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}))
+    return out
+
+
+def is_widget(kind, options: Mapping) -> bool:
+    """A value typed in the node (not a socket): primitives and choice lists, unless forced to a socket."""
+    return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput", False)
+
+
+def widget_slots(spec: Mapping) -> list:
+    """Names in `widgets_values` order; None marks an editor-only widget (seed control, upload button)."""
+    slots = []
+    for name, kind, options in _inputs(spec):
+        if not is_widget(kind, options):
+            continue
+        slots.append(name)
+        if (kind == "INT" and name in SEED_NAMES) or options.get("control_after_generate"):
+            slots.append(None)
+        if options.get("image_upload"):
+            slots.append(None)
+    return slots
+
+
+def socket_inputs(spec: Mapping) -> list:
+    """[(name, type)] of the inputs drawn as sockets, in order."""
+    return [(name, kind) for name, kind, options in _inputs(spec) if not is_widget(kind, options)]
+
+
+def _spec(specs: Mapping, class_type: str, node_id) -> Mapping:
+    if class_type not in specs:
+        raise WorkflowFormatError(f"node {node_id}: unknown node type '{class_type}' (not a core node or ours)")
+    return specs[class_type]
+
+
+def ui_to_api(ui: Mapping, specs: Mapping) -> dict:
+    """The API prompt a UI-format workflow queues (muted nodes left out)."""
+    links = {link[0]: link for link in ui.get("links", [])}
+    api = {}
+    for node in ui["nodes"]:
+        if node.get("mode", 0) == 4:
+            raise WorkflowFormatError(f"node {node['id']} ({node['type']}) is bypassed; un-bypass or delete it")
+        if node.get("mode", 0) == 2:
+            continue
+        spec = _spec(specs, node["type"], node["id"])
+        inputs = {}
+        values = list(node.get("widgets_values") or [])
+        slots = widget_slots(spec)
+        if len(values) != len(slots):
+            raise WorkflowFormatError(f"node {node['id']} ({node['type']}): {len(values)} widget values for "
+                                      f"{len(slots)} widgets")
+        inputs.update({name: value for name, value in zip(slots, values) if name is not None})
+        for socket in node.get("inputs", []):
+            if socket.get("link") is not None:
+                _, source, slot, _, _, _ = links[socket["link"]]
+                inputs[socket["name"]] = [str(source), slot]
+        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs,
+                                "_meta": {"title": node.get("title") or node["type"]}}
+    return api
+
+
+def api_to_ui(api: Mapping, specs: Mapping, positions: Mapping = None) -> dict:
+    """A UI-format workflow for an API prompt (node ids must be integers, as the editor uses)."""
+    nodes, links = [], []
+    outgoing: dict = {}
+    for node_id, node in api.items():
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                source = api[value[0]]
+                kind = _spec(specs, source["class_type"], value[0])["output"][value[1]]
+                links.append([len(links) + 1, int(value[0]), value[1], int(node_id), name, kind])
+                outgoing.setdefault((value[0], value[1]), []).append(len(links))
+    link_for = {(link[3], link[4]): link for link in links}
+    for order, (node_id, node) in enumerate(api.items()):
+        spec = _spec(specs, node["class_type"], node_id)
+        inputs = []
+        for name, kind in socket_inputs(spec):
+            link = link_for.get((int(node_id), name))
+            inputs.append({"name": name, "type": kind, "link": link[0] if link else None})
+        values = []
+        for name in widget_slots(spec):
+            if name is None:  # editor-only widget after the previous one
+                values.append("fixed" if values and isinstance(values[-1], int) else "image")
+            else:
+                values.append(node["inputs"][name])
+        outputs = [{"name": output_name, "type": kind, "links": outgoing.get((node_id, slot), []), "slot_index": slot}
+                   for slot, (kind, output_name) in enumerate(zip(spec["output"], spec.get("output_name", spec["output"])))]
+        x, y = (positions or {}).get(node_id, (50 + 360 * (order % 5), 50 + 320 * (order // 5)))
+        nodes.append({"id": int(node_id), "type": node["class_type"], "title": node.get("_meta", {}).get("title", node["class_type"]),
+                      "pos": [x, y], "size": [320, 60 + 26 * (len(inputs) + len(values))], "flags": {}, "order": order,
+                      "mode": 0, "inputs": inputs, "outputs": outputs,
+                      "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": values})
+    for link in links:  # the editor stores the target slot index, not the input name
+        target = next(n for n in nodes if n["id"] == link[3])
+        link[4] = [i["name"] for i in target["inputs"]].index(link[4])
+    return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def check_api_prompt(api: Mapping, specs: Mapping) -> list:
+    """Problems of an API prompt against the specs: unknown types, missing/mistyped inputs, dangling links."""
+    problems = []
+    for node_id, node in api.items():
+        try:
+            spec = _spec(specs, node.get("class_type"), node_id)
+        except WorkflowFormatError as e:
+            problems.append(str(e))
+            continue
+        inputs = node.get("inputs", {})
+        for section in ("required", "optional"):
+            for name, kind, options in ((n, k, o) for n, k, o in _inputs({"input": {section: spec["input"].get(section, {})}})):
+                where = f"node {node_id} ({node['class_type']}) input '{name}'"
+                if name not in inputs:
+                    if section == "required":
+                        problems.append(f"{where} is missing")
+                    continue
+                value = inputs[name]
+                if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+                    source = api.get(value[0])
+                    if source is None:
+                        problems.append(f"{where} links to missing node {value[0]}")
+                        continue
+                    outputs = specs.get(source.get("class_type"), {}).get("output", [])
+                    if value[1] >= len(outputs):
+                        problems.append(f"{where} links to output {value[1]} of node {value[0]}, which has {len(outputs)}")
+                    elif not is_widget(kind, options) and outputs[value[1]] != kind and kind != "*":
+                        problems.append(f"{where} needs {kind} but node {value[0]} output {value[1]} is {outputs[value[1]]}")
+                    continue
+                problems += _check_value(where, value, kind, options)
+        unknown = set(inputs) - {n for n, _, _ in _inputs(spec)}
+        problems += [f"node {node_id} ({node['class_type']}) has unknown input '{n}'" for n in sorted(unknown)]
+    return problems
+
+
+def _check_value(where: str, value, kind, options: Mapping) -> list:
+    if isinstance(kind, list):
+        return [] if not kind or value in kind else [f"{where}: '{value}' is not one of {kind[:8]}"]
+    expected = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}.get(kind)
+    if expected is None:
+        return [f"{where} needs a {kind} link, got the value {value!r}"]
+    if not isinstance(value, expected) or (kind in ("INT", "FLOAT") and isinstance(value, bool)):
+        return [f"{where}: {value!r} is not {kind}"]
+    if kind in ("INT", "FLOAT"):
+        low, high = options.get("min"), options.get("max")
+        if (low is not None and value < low) or (high is not None and value > high):
+            return [f"{where}: {value} is outside {low}..{high}"]
+    return []

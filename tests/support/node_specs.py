@@ -1,0 +1,44 @@
+"""Node specs (as `/object_info` gives them) for the core nodes our workflows use and for our own nodes.
+
+Core specs come from a snapshot of ComfyUI v0.14.1 (tests/data/comfyui_core_nodes.json); ours are read
+from our nodes' own INPUT_TYPES, with a stand-in `folder_paths` when ComfyUI is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+from support import DATA
+
+
+def _stand_in_folder_paths():
+    module = types.ModuleType("folder_paths")
+    module.models_dir = "/nonexistent/models"
+    module.folder_names_and_paths = {}
+    module.add_model_folder_path = lambda name, path, is_default=False: module.folder_names_and_paths.setdefault(name, ([path], set()))
+    module.get_filename_list = lambda name: []
+    module.get_folder_paths = lambda name: module.folder_names_and_paths.get(name, ([], set()))[0]
+    return module
+
+
+def our_node_classes() -> dict:
+    """NODE_CLASS_MAPPINGS of the pack, imported as ComfyUI would (stand-in folder_paths if needed)."""
+    if "folder_paths" not in sys.modules:
+        try:
+            import folder_paths  # noqa: F401  (a real ComfyUI on sys.path)
+        except ImportError:
+            sys.modules["folder_paths"] = _stand_in_folder_paths()
+    from support.comfyui import load_pack
+
+    return load_pack().NODE_CLASS_MAPPINGS
+
+
+def node_specs() -> dict:
+    """{class_type: {"input", "output", "output_name"}} for core nodes (snapshot) and ours (live)."""
+    specs = json.loads((DATA / "comfyui_core_nodes.json").read_text())["nodes"]
+    for name, cls in our_node_classes().items():
+        specs[name] = {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES),
+                       "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES)}
+    return json.loads(json.dumps(specs, default=str))  # tuples -> lists, as /object_info serves them

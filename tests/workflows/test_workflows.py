@@ -1,0 +1,82 @@
+"""Every example workflow validates offline, its UI and API files are one graph, and it names its models."""
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from storymaker_core.workflow_format import api_to_ui, check_api_prompt, ui_to_api
+from support.node_specs import node_specs
+
+REPO = Path(__file__).resolve().parents[2]
+WORKFLOWS = sorted((REPO / "workflows").glob("*.api.json"))
+LOADER_INPUTS = {"ckpt_name", "storymaker_file", "clip_name", "control_net_name", "lora_name", "sam_file",
+                 "unet_name", "character_file"}
+
+
+@pytest.fixture(scope="module")
+def specs():
+    return node_specs()
+
+
+def test_there_is_an_example_per_feature():
+    names = {p.name.removesuffix(".api.json") for p in WORKFLOWS}
+    for feature in ("one-character-story", "two-characters-regions", "pose-guided", "clothing-swap",
+                    "face-only-style-lora", "character-blend", "reuse-saved-character"):
+        assert any(feature in n for n in names), feature
+    assert all((REPO / "workflows" / f"{n}.json").exists() for n in names)  # a UI file for every API file
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_api_workflow_validates_against_node_specs(path, specs):
+    api = json.loads(path.read_text())
+    assert check_api_prompt(api, specs) == []
+    assert {n["class_type"] for n in api.values()} <= specs.keys()
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_ui_and_api_files_describe_the_same_graph(path, specs):
+    api = json.loads(path.read_text())
+    ui = json.loads(path.with_name(path.name.replace(".api.json", ".json")).read_text())
+    assert ui_to_api(ui, specs) == api
+    assert len(ui["links"]) == sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_model_files_named_by_workflows_are_in_the_readme_table(path):
+    readme = (REPO / "README.md").read_text()
+    for node in json.loads(path.read_text()).values():
+        for name, value in node["inputs"].items():
+            if name in LOADER_INPUTS:
+                assert f"`{value}`" in readme, f"{path.name}: {value} is not in the README's model table"
+
+
+def test_files_are_what_the_generator_writes(specs):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import build_workflows
+
+    for name, build in build_workflows.WORKFLOWS.items():
+        api = build()
+        assert json.loads((REPO / "workflows" / f"{name}.api.json").read_text()) == api, \
+            f"{name}: run python scripts/build_workflows.py"
+        assert json.loads((REPO / "workflows" / f"{name}.json").read_text()) == json.loads(json.dumps(api_to_ui(api, specs)))
+
+
+def test_validator_reports_broken_workflows(specs):
+    api = json.loads((REPO / "workflows" / "02-two-characters-regions.api.json").read_text())
+    broken = copy.deepcopy(api)
+    apply_id = next(k for k, n in broken.items() if n["class_type"] == "StoryMakerApply")
+    sampler_id = next(k for k, n in broken.items() if n["class_type"] == "KSampler")
+    del broken[apply_id]["inputs"]["embeds"]
+    broken[apply_id]["inputs"]["ip_scale"] = 5.0
+    broken[sampler_id]["inputs"]["model"] = [apply_id, 3]
+    broken[sampler_id]["inputs"]["positive"] = [apply_id, 0]
+    broken["99"] = {"class_type": "IPAdapterAdvanced", "inputs": {}}
+    problems = "\n".join(check_api_prompt(broken, specs))
+    assert "input 'embeds' is missing" in problems
+    assert "5.0 is outside 0.0..2.0" in problems
+    assert "links to output 3" in problems
+    assert "needs CONDITIONING but node" in problems and "is MODEL" in problems
+    assert "unknown node type 'IPAdapterAdvanced'" in problems
