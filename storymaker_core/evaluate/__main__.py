@@ -1,0 +1,234 @@
+"""CLI: ``python -m storymaker_core.evaluate {score,prompts} ...`` (``score`` is the default).
+
+score    read manifest(s) + images, write results.json / results.md / metrics.png
+prompts  list FastComposer's prompts, or write a generation plan (a manifest skeleton)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+from .aggregate import CIOptions, summarise
+from .embedders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipConfig, EmbedderError
+from .manifest import FORMAT, ManifestError, check_files, load_manifest
+from .prompts import DEFAULT_SUBSET, PROMPTS_FILE, SUBSET_HELP, load_prompt_file, select_prompts
+from .report import bar_chart, markdown_table, write_json
+from .scoring import ReferenceEmbeddings, ScoringOptions, score_manifest
+
+logger = logging.getLogger("storymaker_core.evaluate")
+COMMANDS = ("score", "prompts")
+
+
+def _pairs(values: Sequence[str] | None, what: str) -> dict[str, str]:
+    out = {}
+    for v in values or ():
+        if "=" not in v:
+            raise SystemExit(f"error: {what} must look like NAME=VALUE, got {v!r}")
+        k, val = v.split("=", 1)
+        out[k.strip()] = val.strip()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m storymaker_core.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command")
+
+    s = sub.add_parser("score", help="score generated images (Face Sim, CLIP-I, CLIP-T, swaps)")
+    s.add_argument("--manifest", "-m", action="append", required=True,
+                   help="manifest JSON (or folder with manifest.json); repeat once per method")
+    s.add_argument("--out", "-o", required=True, help="output folder for results.json/.md and metrics.png")
+    s.add_argument("--reference", action="append", metavar="NAME=PATH",
+                   help="reference image for a character (adds to / overrides the manifests')")
+    s.add_argument("--images-dir", help="folder the image 'file' entries are relative to (one manifest only)")
+    g = s.add_argument_group("face similarity (insightface)")
+    g.add_argument("--insightface-root", default="~/.insightface",
+                   help="folder containing models/<name>/*.onnx (ComfyUI: ComfyUI/models/insightface)")
+    g.add_argument("--face-model", default="buffalo_l", choices=("buffalo_l", "antelopev2"))
+    g.add_argument("--providers", default="CUDA,CPU", help="onnxruntime providers: CPU, CUDA, ROCM, CoreML")
+    g.add_argument("--det-size", type=int, default=640, help="detector input size (multiple of 32)")
+    g.add_argument("--extra-faces", type=int, default=0,
+                   help="also match this many faces beyond the K largest for K characters (default 0)")
+    g.add_argument("--no-face", action="store_true", help="skip face metrics")
+    c = s.add_argument_group("CLIP-I / CLIP-T (open_clip)")
+    c.add_argument("--clip-model", default=DEFAULT_CLIP_MODEL)
+    c.add_argument("--clip-pretrained", default=DEFAULT_CLIP_PRETRAINED,
+                   help="open_clip tag or local checkpoint path; 'none' = random weights (tests)")
+    c.add_argument("--clip-model-config", action="append", default=[],
+                   help="extra open_clip model config JSON file/folder to register (open_clip.add_model_config)")
+    c.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    c.add_argument("--clip-precision", default="fp32", choices=("fp32", "fp16", "bf16"))
+    c.add_argument("--clip-batch-size", type=int, default=8)
+    c.add_argument("--no-clip", action="store_true", help="skip CLIP metrics")
+    st = s.add_argument_group("statistics / output")
+    st.add_argument("--ci", default="t", choices=("t", "bootstrap"), help="confidence interval method")
+    st.add_argument("--confidence", type=float, default=0.95)
+    st.add_argument("--n-boot", type=int, default=10_000)
+    st.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    st.add_argument("--no-plot", action="store_true")
+    st.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+    pr = sub.add_parser("prompts", help="list FastComposer prompts or write a generation plan")
+    pr.add_argument("--subset", default=DEFAULT_SUBSET, help=SUBSET_HELP)
+    pr.add_argument("--reference", action="append", metavar="NAME=PATH",
+                    help="character reference image; with it a plan manifest is written to --out")
+    pr.add_argument("--class-token", action="append", metavar="NAME=WORD", default=[],
+                    help="class word per character (man/woman/person...), or a bare WORD for all")
+    pr.add_argument("--images-per-prompt", type=int, default=4)
+    pr.add_argument("--seed", type=int, default=0, help="seed of the first image of each prompt")
+    pr.add_argument("--method", default="StoryMaker")
+    pr.add_argument("--out", help="plan manifest path (JSON)")
+    return p
+
+
+# --------------------------------------------------------------------------- score
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+def run_score(args: argparse.Namespace) -> int:
+    refs = _pairs(args.reference, "--reference")
+    if args.images_dir and len(args.manifest) > 1:
+        print("error: --images-dir needs exactly one --manifest", file=sys.stderr)
+        return 2
+    manifests = [load_manifest(m, references=refs, images_dir=args.images_dir) for m in args.manifest]
+    names = [m.method for m in manifests]
+    if len(set(names)) != len(names):
+        print(f"error: two manifests use the same method name {names}; set 'method' in each", file=sys.stderr)
+        return 2
+    problems = [msg for m in manifests for msg in check_files(m)]
+    if problems:
+        print("error: missing files:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+
+    face_embedder = clip_embedder = None
+    meta: dict = {"format": FORMAT, "manifests": [str(m.path) for m in manifests]}
+    skipped = {m.method: list(m.skipped) for m in manifests if m.skipped}
+    if skipped:
+        meta["not_scored_scenes_without_file"] = skipped
+    if not args.no_face:
+        from ..faces import FaceAnalyzerConfig
+        from .embedders import FaceEmbedder
+
+        face_embedder = FaceEmbedder(config=FaceAnalyzerConfig(
+            root=args.insightface_root, name=args.face_model, providers=args.providers, det_size=args.det_size))
+        meta["face_model"] = face_embedder.description
+        meta["face_providers"] = face_embedder.analyzer.providers_in_use
+    if not args.no_clip:
+        if args.clip_model_config:
+            import open_clip
+
+            for cfg in args.clip_model_config:
+                open_clip.add_model_config(cfg)
+        pretrained = None if str(args.clip_pretrained).lower() == "none" else args.clip_pretrained
+        from .embedders import ClipEmbedder
+
+        clip_cfg = ClipConfig(model=args.clip_model, pretrained=pretrained, device=_device(args.device),
+                              precision=args.clip_precision, batch_size=args.clip_batch_size)
+        clip_embedder = ClipEmbedder(clip_cfg)
+        meta["clip_model"] = clip_embedder.description
+        meta["clip"] = asdict(clip_cfg)
+
+    ci = CIOptions(method=args.ci, confidence=args.confidence, n_boot=args.n_boot, seed=args.seed)
+    meta["ci"] = ci.describe()
+    meta["units"] = "summary: 100 x cosine (CLIP-T = 100*cos(text, image), not clamped); images: raw cosine"
+    meta["face_matching"] = (f"K characters <-> K+{args.extra_faces} largest faces, best assignment; "
+                             "swap = matched face closer to another character")
+    options = ScoringOptions(extra_faces=args.extra_faces, show_progress=not args.quiet)
+    cache = ReferenceEmbeddings()
+    records = []
+    for m in manifests:
+        records.extend(score_manifest(m, face_embedder, clip_embedder, options, cache))
+    summary = summarise(records, ci)
+
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r.as_dict() for r in records]
+    write_json(out / "results.json", summary, rows, meta)
+    md = markdown_table(summary, meta, rows)
+    (out / "results.md").write_text(md, encoding="utf-8")
+    if not args.no_plot:
+        bar_chart(out / "metrics.png", summary)
+    print(md)
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- prompts
+def run_prompts(args: argparse.Namespace) -> int:
+    chosen = select_prompts(args.subset)
+    tokens = {}
+    default_token = "person"
+    for v in args.class_token:
+        if "=" in v:
+            tokens.update(_pairs([v], "--class-token"))
+        else:
+            default_token = v
+    refs = _pairs(args.reference, "--reference")
+    if not refs:
+        source = load_prompt_file()["source"]
+        print(f"# {len(chosen)} prompts ({args.subset}) from {source['repo']}/{source['path']}@{source['commit'][:8]}")
+        for p in chosen:
+            print(f"{p.id}\t{p.render(default_token)}")
+        return 0
+    if not args.out:
+        print("error: --out is required when --reference is given (plan manifest path)", file=sys.stderr)
+        return 2
+    images = []
+    for name in refs:
+        for p in chosen:
+            for k in range(args.images_per_prompt):
+                images.append({
+                    "file": f"{name}/{p.id.replace('/', '_')}_{k}.png",
+                    "prompt": p.render(tokens.get(name, default_token)),
+                    "characters": [name],
+                    "seed": args.seed + k,
+                    "prompt_id": p.id,
+                })
+    plan = {
+        "format": FORMAT,
+        "method": args.method,
+        "prompt_source": f"{PROMPTS_FILE.name} subset={args.subset}",
+        "references": refs,
+        "images": images,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}: {len(images)} images = {len(refs)} character(s) x {len(chosen)} prompts "
+          f"x {args.images_per_prompt}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        argv.insert(0, "score")
+    args = build_parser().parse_args(argv)
+    if args.command is None:
+        build_parser().print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run_score(args) if args.command == "score" else run_prompts(args)
+    except (ManifestError, EmbedderError, ValueError, FileNotFoundError, ImportError) as exc:
+        # FaceAnalyzer errors subclass these; their messages say what to do
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
