@@ -392,6 +392,9 @@ class FaceAnalyzer:
                 f"face index {index} out of range for {image_name}: {len(faces)} face(s) found "
                 f"(valid: 0..{len(faces) - 1}, 0 = largest)."
             )
+        if len(faces) > 1:
+            logger.warning("%s has %d faces; using face %d by size (0 = largest). Set face_index or crop the image "
+                           "if this is not the character.", image_name, len(faces), index)
         return faces[index]
 
     def largest_face(self, image_rgb_uint8: np.ndarray, image_name: str = "image") -> DetectedFace:

@@ -1,0 +1,89 @@
+"""The node layer without ComfyUI: declarations are well formed, and missing optional packages fail at run time
+with a message that says what to install (the pack itself must still import)."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from support.node_specs import our_node_classes
+
+EXPECTED = {"StoryMakerLoader", "StoryMakerInsightFaceLoader", "StoryMakerSAMLoader", "StoryMakerCharacterFromImage",
+            "StoryMakerBlendCharacters", "StoryMakerSaveCharacter", "StoryMakerLoadCharacter",
+            "StoryMakerEncodeCharacters", "StoryMakerApply"}
+
+
+@pytest.fixture(scope="module")
+def classes():
+    return our_node_classes()
+
+
+def test_every_node_is_declared_for_the_classic_api(classes):
+    assert set(classes) == EXPECTED
+    for name, cls in classes.items():
+        spec = cls.INPUT_TYPES()
+        assert set(spec) <= {"required", "optional"} and spec["required"], name
+        assert callable(getattr(cls, cls.FUNCTION)), name
+        assert cls.CATEGORY == "StoryMaker" and cls.DESCRIPTION, name
+        names = getattr(cls, "RETURN_NAMES", None)
+        assert names is None or len(names) == len(cls.RETURN_TYPES), name
+
+
+def test_insightface_missing_is_reported_at_run_time(classes, monkeypatch):
+    monkeypatch.setitem(sys.modules, "insightface", None)  # import insightface -> ImportError
+    monkeypatch.setitem(sys.modules, "insightface.app", None)
+    with pytest.raises(ImportError, match="pip install insightface"):
+        classes["StoryMakerInsightFaceLoader"]().load("buffalo_l", "CPU", 640)
+
+
+@pytest.fixture
+def progress(monkeypatch):
+    """A stand-in for comfy.utils.ProgressBar that records the updates."""
+    import types
+
+    updates = []
+
+    class ProgressBar:
+        def __init__(self, total):
+            updates.append(("total", total))
+
+        def update(self, n):
+            updates.append(("update", n))
+
+    comfy = types.ModuleType("comfy")
+    comfy.utils = types.ModuleType("comfy.utils")
+    comfy.utils.ProgressBar = ProgressBar
+    monkeypatch.setitem(sys.modules, "comfy", comfy)
+    monkeypatch.setitem(sys.modules, "comfy.utils", comfy.utils)
+    return updates
+
+
+def test_character_without_mask_or_sam_says_what_to_connect(classes, progress):
+    class OneFace:
+        def select_face(self, image, image_name, index):
+            from storymaker_core.faces import DetectedFace
+            kps = np.array([[30, 30], [50, 30], [40, 40], [32, 50], [48, 50]], np.float32)
+            return DetectedFace(np.array([20, 20, 60, 60], np.float32), kps, np.ones(512, np.float32), 0.9)
+
+    node = classes["StoryMakerCharacterFromImage"]()
+    with pytest.raises(ValueError, match="connect a MASK of the character, or a Segment Anything model"):
+        node.build(torch.rand(1, 96, 96, 3), OneFace(), "ava", 0)
+
+
+def test_character_from_a_batch_of_references_with_progress(classes, progress):
+    from skimage import data
+
+    class Astronaut:
+        def select_face(self, image, image_name, index):
+            from storymaker_core.faces import DetectedFace
+            kps = np.array([[185, 110], [235, 105], [212, 140], [190, 170], [232, 167]], np.float32)
+            return DetectedFace(np.array([170, 80, 250, 190], np.float32), kps, np.ones(512, np.float32), 0.9)
+
+    image = torch.from_numpy(data.astronaut()).float()[None].repeat(2, 1, 1, 1) / 255
+    mask = torch.zeros(1, 512, 512)
+    mask[:, 40:, 100:330] = 1
+    character, crops, faces, masks = classes["StoryMakerCharacterFromImage"]().build(image, Astronaut(), "ava", 0, mask=mask)
+    assert crops.shape == faces.shape == (2, 224, 224, 3) and masks.shape == (2, 512, 512)
+    assert character.name == "ava" and character.character_image.shape == (2, 224, 224, 3)
+    assert progress == [("total", 2), ("update", 1), ("update", 1)]
