@@ -83,11 +83,14 @@ def apply(g: Graph, model, sm, embeds, **extra) -> str:
                  ip_scale=0.8, lora_scale=0.8, start_at=0.0, end_at=1.0, **extra)
 
 
-def one_character(scenes: list) -> dict:
+def one_character(scenes: list, segment: bool = True) -> dict:
     g = Graph()
     ckpt, sm, face, clip_vision = base(g)
-    sam = g.add("StoryMakerSAMLoader", "Load Segment Anything", sam_file=SAM)
-    char = character(g, face, 1, "ava", with_mask=False, sam=out(sam))  # segmented automatically
+    if segment:  # no mask: Segment Anything cuts the character out
+        sam = g.add("StoryMakerSAMLoader", "Load Segment Anything", sam_file=SAM)
+        char = character(g, face, 1, "ava", with_mask=False, sam=out(sam))
+    else:
+        char = character(g, face, 1, "ava")
     embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(char),
                    face_only=False, clip_vision=out(clip_vision))
     model = apply(g, out(ckpt), sm, embeds)
@@ -201,7 +204,7 @@ WORKFLOWS = {
     "06-character-blend": character_blend,
     "07-save-character": save_character,
     "08-reuse-saved-character": reuse_saved_character,
-    "story-template-one-character": lambda: one_character(["a woman in a sunny kitchen, photo"]),
+    "story-template-one-character": lambda: one_character(["a woman in a sunny kitchen, photo"], segment=False),
     "story-template-two-characters": two_characters_regions,
 }
 
