@@ -39,7 +39,8 @@ def main():
             inputs = cls.INPUT_TYPES()
         specs[name] = {"input": {k: v for k, v in inputs.items() if k in ("required", "optional")},
                        "output": list(cls.RETURN_TYPES),
-                       "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES)}
+                       "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES),
+                       "output_node": bool(getattr(cls, "OUTPUT_NODE", False))}
     json.dump({"comfyui": "v0.14.1", "nodes": specs}, sys.stdout, indent=1, default=str)
 
 

@@ -11,7 +11,6 @@ and masks `[H, W]` (uint8 0..255 or float 0..1). CLIP normalisation happens in t
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from PIL import Image
 
@@ -23,6 +22,15 @@ ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.025
 
 class PreprocessError(ValueError):
     """A reference image or mask that cannot be used, naming the input and the fix."""
+
+
+def _cv2():
+    """OpenCV, imported when first needed so the pack loads without it and says what to install."""
+    try:
+        import cv2
+    except ImportError as e:
+        raise ImportError(f"OpenCV is needed for StoryMaker's crops ({e}): pip install opencv-python") from e
+    return cv2
 
 
 def to_uint8_rgb(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -62,6 +70,7 @@ def squash_resize(image: np.ndarray, size: int = CLIP_SIZE) -> np.ndarray:
 
 def mask_bounding_box(mask_u8: np.ndarray, name: str = "mask") -> tuple:
     """`(x0, y0, x1, y1)` (x1, y1 exclusive) enclosing every outer contour of the mask's non-zero pixels."""
+    cv2 = _cv2()
     contours, _ = cv2.findContours(mask_u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         raise PreprocessError(f"{name} is empty (no pixel above 0): draw or segment the character in it, or "
@@ -81,7 +90,7 @@ def character_composite(image: np.ndarray, mask: np.ndarray, image_name: str = "
                               f"{image.shape[1]}x{image.shape[0]}: the mask must have the image's size.")
     x0, y0, x1, y1 = mask_bounding_box(mask, mask_name)
     crop, mask_crop = image[y0:y1, x0:x1], mask[y0:y1, x0:x1]
-    alpha = cv2.GaussianBlur(mask_crop, (5, 5), 0)[..., None] / 255.0  # uint8 blur, as the release
+    alpha = _cv2().GaussianBlur(mask_crop, (5, 5), 0)[..., None] / 255.0  # uint8 blur, as the release
     return (255.0 * (1.0 - alpha) + alpha * crop).astype(np.uint8)  # truncates, as the release
 
 
@@ -127,4 +136,4 @@ def face_crop(image: np.ndarray, kps: np.ndarray, size: int = CLIP_SIZE, image_n
     if kps.shape != (5, 2):
         raise PreprocessError(f"{image_name}: face keypoints must be 5 (x, y) points, got shape {kps.shape}.")
     matrix = similarity_transform(kps, ARCFACE_TEMPLATE_112 * (size / 112.0))
-    return cv2.warpAffine(to_uint8_rgb(image, image_name), matrix, (size, size), borderValue=0.0)
+    return _cv2().warpAffine(to_uint8_rgb(image, image_name), matrix, (size, size), borderValue=0.0)

@@ -7,7 +7,8 @@
   an image picker) and `links` `[id, from_node, from_slot, to_node, to_slot, type]`.
 
 A node spec is `/object_info`'s entry: `{"input": {"required": {...}, "optional": {...}}, "output": [...],
-"output_name": [...]}`. Used to ship every example in both formats and to check they describe one graph.
+"output_name": [...]}`. Used to ship every example in both formats and to check they describe one graph
+(prompts are checked against the specs by `story.validate.check_prompt`).
 """
 
 from __future__ import annotations
@@ -123,53 +124,3 @@ def api_to_ui(api: Mapping, specs: Mapping, positions: Mapping = None) -> dict:
         link[4] = [i["name"] for i in target["inputs"]].index(link[4])
     return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": len(links), "nodes": nodes, "links": links,
             "groups": [], "config": {}, "extra": {}, "version": 0.4}
-
-
-def check_api_prompt(api: Mapping, specs: Mapping) -> list:
-    """Problems of an API prompt against the specs: unknown types, missing/mistyped inputs, dangling links."""
-    problems = []
-    for node_id, node in api.items():
-        try:
-            spec = _spec(specs, node.get("class_type"), node_id)
-        except WorkflowFormatError as e:
-            problems.append(str(e))
-            continue
-        inputs = node.get("inputs", {})
-        for section in ("required", "optional"):
-            for name, kind, options in ((n, k, o) for n, k, o in _inputs({"input": {section: spec["input"].get(section, {})}})):
-                where = f"node {node_id} ({node['class_type']}) input '{name}'"
-                if name not in inputs:
-                    if section == "required":
-                        problems.append(f"{where} is missing")
-                    continue
-                value = inputs[name]
-                if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
-                    source = api.get(value[0])
-                    if source is None:
-                        problems.append(f"{where} links to missing node {value[0]}")
-                        continue
-                    outputs = specs.get(source.get("class_type"), {}).get("output", [])
-                    if value[1] >= len(outputs):
-                        problems.append(f"{where} links to output {value[1]} of node {value[0]}, which has {len(outputs)}")
-                    elif not is_widget(kind, options) and outputs[value[1]] != kind and kind != "*":
-                        problems.append(f"{where} needs {kind} but node {value[0]} output {value[1]} is {outputs[value[1]]}")
-                    continue
-                problems += _check_value(where, value, kind, options)
-        unknown = set(inputs) - {n for n, _, _ in _inputs(spec)}
-        problems += [f"node {node_id} ({node['class_type']}) has unknown input '{n}'" for n in sorted(unknown)]
-    return problems
-
-
-def _check_value(where: str, value, kind, options: Mapping) -> list:
-    if isinstance(kind, list):
-        return [] if not kind or value in kind else [f"{where}: '{value}' is not one of {kind[:8]}"]
-    expected = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}.get(kind)
-    if expected is None:
-        return [f"{where} needs a {kind} link, got the value {value!r}"]
-    if not isinstance(value, expected) or (kind in ("INT", "FLOAT") and isinstance(value, bool)):
-        return [f"{where}: {value!r} is not {kind}"]
-    if kind in ("INT", "FLOAT"):
-        low, high = options.get("min"), options.get("max")
-        if (low is not None and value < low) or (high is not None and value > high):
-            return [f"{where}: {value} is outside {low}..{high}"]
-    return []

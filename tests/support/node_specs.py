@@ -36,9 +36,20 @@ def our_node_classes() -> dict:
 
 
 def node_specs() -> dict:
-    """{class_type: {"input", "output", "output_name"}} for core nodes (snapshot) and ours (live)."""
+    """`/object_info`-shaped specs for the core nodes (snapshot) and ours (live).
+
+    File pickers have no choices offline (no models here): their spec becomes STRING, so any file name
+    passes and everything else is checked as a server would.
+    """
     specs = json.loads((DATA / "comfyui_core_nodes.json").read_text())["nodes"]
     for name, cls in our_node_classes().items():
         specs[name] = {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES),
-                       "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES)}
-    return json.loads(json.dumps(specs, default=str))  # tuples -> lists, as /object_info serves them
+                       "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES),
+                       "output_node": bool(getattr(cls, "OUTPUT_NODE", False))}
+    specs = json.loads(json.dumps(specs, default=str))  # tuples -> lists, as /object_info serves them
+    for spec in specs.values():
+        for section in spec["input"].values():
+            for name, entry in section.items():
+                if isinstance(entry[0], list) and not entry[0]:
+                    section[name] = ["STRING", *entry[1:]]
+    return specs

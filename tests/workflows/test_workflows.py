@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from storymaker_core.workflow_format import api_to_ui, check_api_prompt, ui_to_api
+from storymaker_core.story.validate import check_prompt
+from storymaker_core.workflow_format import api_to_ui, ui_to_api
 from support.node_specs import node_specs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -32,7 +33,7 @@ def test_there_is_an_example_per_feature():
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_api_workflow_validates_against_node_specs(path, specs):
     api = json.loads(path.read_text())
-    assert check_api_prompt(api, specs) == []
+    assert check_prompt(api, specs) == []
     assert {n["class_type"] for n in api.values()} <= specs.keys()
 
 
@@ -74,9 +75,9 @@ def test_validator_reports_broken_workflows(specs):
     broken[sampler_id]["inputs"]["model"] = [apply_id, 3]
     broken[sampler_id]["inputs"]["positive"] = [apply_id, 0]
     broken["99"] = {"class_type": "IPAdapterAdvanced", "inputs": {}}
-    problems = "\n".join(check_api_prompt(broken, specs))
-    assert "input 'embeds' is missing" in problems
-    assert "5.0 is outside 0.0..2.0" in problems
-    assert "links to output 3" in problems
-    assert "needs CONDITIONING but node" in problems and "is MODEL" in problems
-    assert "unknown node type 'IPAdapterAdvanced'" in problems
+    problems = "\n".join(check_prompt(broken, specs))
+    assert "required input 'embeds' is missing" in problems
+    assert "input 'ip_scale' is 5.0, above the maximum 2.0" in problems
+    assert "links to output 3 of" in problems
+    assert "input 'positive' expects CONDITIONING but is linked to" in problems and "(MODEL)" in problems
+    assert "node type 'IPAdapterAdvanced' is not installed" in problems

@@ -1,0 +1,126 @@
+"""Command line: ``python -m storymaker_core.story STORY.yaml [--server URL ...]`` (``storymaker-story``).
+
+Exit codes: 0 every scene is done; 1 some scenes failed or were not rendered (run again to resume);
+2 the story, a workflow or a server setup is wrong (nothing was queued); 130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from .errors import StoryError
+from .progress import TqdmHandler
+from .runner import RunOptions, StoryRunner
+from .server import LocalComfyUI, find_comfyui, find_python
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="storymaker-story",
+        description="Render a story (same cast, many scenes) through ComfyUI's HTTP API. "
+                    "Schema: docs/story-runner.md. Rerun the same command to resume.")
+    p.add_argument("story", type=Path, help="story file (.yaml or .json)")
+    p.add_argument("--server", action="append", default=[], metavar="URL",
+                   help="ComfyUI server, e.g. http://127.0.0.1:8188; repeat (or comma-separate) for several. "
+                        "Without one, a local ComfyUI is started and stopped")
+    p.add_argument("--comfyui", metavar="PATH", help="ComfyUI folder to start (default: COMFYUI_PATH, "
+                                                     "else the ComfyUI this pack is installed in)")
+    p.add_argument("--python", metavar="EXE", help="Python to start ComfyUI with (default: COMFYUI_PYTHON, "
+                                                   "its portable/venv Python, else this one)")
+    p.add_argument("--cpu", action="store_true", help="start the local ComfyUI with --cpu")
+    p.add_argument("--comfyui-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for the local ComfyUI's main.py (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("story"), help="output root; files go to OUT/<story name>/")
+    p.add_argument("--check", action="store_true",
+                   help="upload references and validate every scene against the server(s); queue nothing")
+    d = RunOptions()
+    p.add_argument("--max-queue", type=int, default=d.max_queue, metavar="N",
+                   help="give a server another scene only while its queue is shorter than N (default %(default)s)")
+    p.add_argument("--attempts", type=int, default=d.max_attempts, metavar="N",
+                   help="servers a scene may be tried on before it counts as failed (default %(default)s)")
+    p.add_argument("--scene-timeout", type=float, default=d.scene_timeout, metavar="S",
+                   help="seconds from queueing a scene to its image (default %(default)s)")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout, metavar="S",
+                   help="seconds for one HTTP request (default %(default)s)")
+    p.add_argument("--connect-timeout", type=float, default=d.connect_timeout, metavar="S",
+                   help="seconds to connect to a server (default %(default)s)")
+    p.add_argument("--startup-timeout", type=float, default=180.0, metavar="S",
+                   help="seconds to wait for a local ComfyUI to start (default %(default)s)")
+    p.add_argument("--poll-interval", type=float, default=d.poll_interval, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--no-contact-sheet", action="store_true", help="do not write contact-sheet.png")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
+    return p
+
+
+@contextlib.asynccontextmanager
+async def _servers(args: argparse.Namespace, runner: StoryRunner):
+    """The given servers, or a local ComfyUI started for the duration of the run."""
+    servers = [u.strip() for arg in args.server for u in arg.split(",") if u.strip()]
+    if servers:
+        yield servers
+        return
+    root = find_comfyui(args.comfyui)
+    async with LocalComfyUI(root, python=args.python or find_python(root), cpu=args.cpu,
+                            extra_args=args.comfyui_arg, startup_timeout=args.startup_timeout,
+                            log_path=runner.story_dir / "comfyui.log") as url:
+        yield [url]
+
+
+async def _run(args: argparse.Namespace) -> int:
+    options = RunOptions(
+        out_dir=args.out, connect_timeout=args.connect_timeout, request_timeout=args.request_timeout,
+        scene_timeout=args.scene_timeout, poll_interval=args.poll_interval, max_queue=max(1, args.max_queue),
+        max_attempts=max(1, args.attempts), contact_sheet=not args.no_contact_sheet, progress=not args.quiet)
+    runner = StoryRunner(args.story, options=options)
+    if args.check:
+        async with _servers(args, runner) as servers:
+            runner.servers = servers
+            await runner.check()
+        print(f"{runner.story.name}: all {len(runner.plans)} scene(s) fit {', '.join(runner.servers)}")
+        return 0
+    if runner.needs_server():
+        async with _servers(args, runner) as servers:
+            runner.servers = servers
+            report = await runner.run()
+    else:
+        report = await runner.run()  # everything verified done: no server needed
+    print(f"{runner.story.name}: {len(report.rendered)} rendered, {len(report.skipped)} already done, "
+          f"{len(report.refetched)} fetched again, {len(report.failed)} failed, "
+          f"{len(report.not_rendered)} not rendered -> {report.story_dir}")
+    for stem, error in report.failed.items():
+        print(f"  {stem}: {error}", file=sys.stderr)
+    if report.message:
+        print(report.message, file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logger = logging.getLogger("storymaker.story")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
+    logger.propagate = False
+    try:
+        return asyncio.run(_run(args))
+    except KeyboardInterrupt:
+        print("interrupted: the manifest is up to date; run the same command again to resume", file=sys.stderr)
+        return 130
+    except StoryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # disk full, permissions: not the story's fault, but not a bug either
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        logger.removeHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

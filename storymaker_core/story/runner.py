@@ -1,0 +1,312 @@
+"""Run a story: plan it, skip what is verified done, upload + validate, queue across servers, collect.
+
+Every state change is written to the manifest at once (atomically), so a run can stop at any point
+(Ctrl-C, a crash, every server gone) and the next run continues: finished scenes whose files still
+match their sha256 are skipped, prompts still queued on a server are picked up, a damaged local file
+is fetched again, and scenes of a server that died are queued on another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .client import ComfyClient
+from .contact_sheet import write_contact_sheet
+from .errors import NoServerLeft, SceneTimeout, ServerUnavailable, StoryError
+from .files import file_sha256, sha256_bytes, write_new_file
+from .manifest import DONE, FAILED, PENDING, QUEUED, RUNNING, Manifest, now_iso
+from .plan import ScenePlan, plan_story
+from .pool import Server, ServerPool
+from .progress import Progress
+from .results import download_image, output_image
+from .schema import Story, load_story
+
+log = logging.getLogger("storymaker.story")
+
+
+@dataclass
+class RunOptions:
+    out_dir: Path = Path("story")
+    connect_timeout: float = 10.0  # seconds to open a connection
+    request_timeout: float = 120.0  # seconds for one HTTP request (uploads and downloads included)
+    scene_timeout: float = 3600.0  # seconds from queueing a scene to its result (queue wait included)
+    poll_interval: float = 1.0  # seconds between /history checks and queue-length checks
+    retries: int = 2  # extra tries of idempotent requests before a server counts as gone
+    retry_delay: float = 0.5
+    max_queue: int = 2  # a server gets another scene only while its queue is shorter than this
+    max_attempts: int = 3  # servers a scene may be tried on before it is marked failed
+    contact_sheet: bool = True
+    progress: bool = True
+
+
+@dataclass
+class RunReport:
+    story_dir: Path
+    rendered: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    refetched: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    not_rendered: list[str] = field(default_factory=list)
+    contact_sheet: Path | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.not_rendered
+
+
+class StoryRunner:
+    def __init__(self, story: Story | str | Path, servers: list[str] | tuple[str, ...] = (),
+                 options: RunOptions | None = None):
+        self.story = story if isinstance(story, Story) else load_story(story)
+        self.options = options or RunOptions()
+        self.servers = list(servers)
+        self.plans = plan_story(self.story)
+        self.story_dir = Path(self.options.out_dir) / self.story.name
+        self.manifest: Manifest | None = None
+        self.progress = Progress(0, 0, enabled=False)
+        self._triage: tuple[list, list, list] | None = None
+        self._prompt_ids: dict[str, str] = {}  # scene id -> prompt id of its current try
+
+    def _pool(self) -> ServerPool:
+        o = self.options
+        return ServerPool(self.servers, connect_timeout=o.connect_timeout, request_timeout=o.request_timeout,
+                          retries=o.retries, retry_delay=o.retry_delay)
+
+    # -- what is left to do -------------------------------------------------------------------------
+
+    def triage(self) -> tuple[list[ScenePlan], list[ScenePlan], list[ScenePlan]]:
+        """(verified done, to fetch again, to render). Needs no server; opens/creates the manifest."""
+        if self._triage is not None:
+            return self._triage
+        story = self.story
+        self.manifest = m = Manifest.open(self.story_dir / "manifest.json", {
+            "name": story.name, "file": str(story.path), "sha256": file_sha256(story.path)})
+        done, refetch, render = [], [], []
+        for plan in self.plans:
+            rec = m.scene(plan.id)
+            same = rec.get("fingerprint") == plan.fingerprint
+            if rec.get("status") == DONE and same:
+                path = self.story_dir / str(rec.get("file"))
+                if path.is_file() and file_sha256(path) == rec.get("sha256"):
+                    done.append(plan)
+                    continue
+                state = "does not match its recorded sha256 (edited or damaged?); it is kept and" \
+                    if path.exists() else "is missing;"
+                log.warning("scene %s: %s %s the scene is fetched again", plan.stem, path, state)
+                refetch.append(plan)
+                continue
+            if rec.get("status") == DONE:
+                self._supersede(plan, "the story changed this scene")
+            keep = rec.get("status") in (QUEUED, RUNNING) and same  # may still be on a server
+            m.update(plan.id, index=plan.scene.index, stem=plan.stem, prompt=plan.scene.prompt,
+                     characters=list(plan.characters), seed=plan.scene.seed, fingerprint=plan.fingerprint,
+                     workflow=str(plan.scene.workflow.path), **({} if keep else {"status": PENDING}))
+            render.append(plan)
+        self._triage = (done, refetch, render)
+        return self._triage
+
+    def needs_server(self) -> bool:
+        _, refetch, render = self.triage()
+        return bool(refetch or render)
+
+    def _supersede(self, plan: ScenePlan, why: str) -> None:
+        rec = self.manifest.scene(plan.id)
+        old = {k: rec.get(k) for k in ("file", "sha256", "fingerprint", "seed", "server", "prompt_id")}
+        self.manifest.update(plan.id, status=PENDING, file=None, sha256=None,
+                             superseded=rec.get("superseded", []) + [{**old, "why": why}])
+
+    # -- running ------------------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Upload references and validate every scene against every server; queue nothing."""
+        async with self._pool() as pool:
+            await pool.prepare(self.plans)
+
+    async def run(self) -> RunReport:
+        done, refetch, render = self.triage()
+        report = RunReport(self.story_dir, skipped=[p.stem for p in done])
+        self.progress = Progress(len(self.plans), len(done), self.options.progress)
+        try:
+            if refetch or render:
+                async with self._pool() as pool:
+                    await pool.prepare(refetch + render)
+                    for plan in refetch:
+                        if await self._refetch(pool, plan):
+                            report.refetched.append(plan.stem)
+                            self.progress.advance()
+                        else:
+                            self._supersede(plan, "file did not match its sha256 and could not be fetched again")
+                            render.append(plan)
+                    render.sort(key=lambda p: p.scene.index)
+                    await self._render_all(pool, render, report)
+        finally:
+            self.progress.close()
+        if self.options.contact_sheet:
+            report.contact_sheet = self._contact_sheet()
+        return report
+
+    async def _render_all(self, pool: ServerPool, plans: list[ScenePlan], report: RunReport) -> None:
+        pending, running, tries = deque(plans), {}, Counter()
+
+        def start(plan: ScenePlan, server: Server, adopt: str | None = None) -> None:
+            server.in_flight += 1
+            running[asyncio.ensure_future(self._render(plan, server, adopt))] = (plan, server)
+
+        for plan in list(pending):  # prompts an earlier run left queued: collect them where they are
+            rec = self.manifest.scene(plan.id)
+            server = pool.by_url(rec.get("server")) if rec.get("status") in (QUEUED, RUNNING) else None
+            if server is not None and rec.get("prompt_id"):
+                pending.remove(plan)
+                start(plan, server, rec["prompt_id"])
+        try:
+            while pending or running:
+                try:
+                    while pending and (server := await pool.pick(self.options.max_queue, bool(running))):
+                        start(pending.popleft(), server)
+                except NoServerLeft as exc:
+                    if not running:
+                        report.not_rendered = [p.stem for p in pending]
+                        report.message = f"{exc}; {len(pending)} scene(s) not rendered: rerun to resume"
+                        return
+                finished, _ = await asyncio.wait(list(running), return_when=asyncio.FIRST_COMPLETED,
+                                                 timeout=self.options.poll_interval if pending else None)
+                for task in finished:
+                    plan, server = running.pop(task)
+                    server.in_flight -= 1
+                    if self._settle(task, plan, server, pool, tries, report):
+                        pending.append(plan)
+                for task, (plan, server) in running.items():
+                    if not server.alive:  # its server was just given up on: move the scene now
+                        task.cancel()
+                pending = deque(sorted(pending, key=lambda p: p.scene.index))
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+
+    def _settle(self, task: asyncio.Task, plan: ScenePlan, server: Server, pool: ServerPool,
+                tries: Counter, report: RunReport) -> bool:
+        """Record how one try ended; True when the scene should be queued again elsewhere."""
+        prompt_id = self._prompt_ids.get(plan.id) or None
+        if task.cancelled():  # moved off a server that failed while this scene waited on it
+            self.manifest.add_attempt(plan.id, server=server.url, prompt_id=prompt_id, outcome="moved",
+                                      error=f"server given up on: {server.reason}")
+            self.manifest.update(plan.id, status=PENDING)
+            return True
+        exc = task.exception()
+        outcome = "done" if exc is None else type(exc).__name__
+        self.manifest.add_attempt(plan.id, server=server.url, prompt_id=prompt_id, outcome=outcome,
+                                  **({"error": str(exc)} if exc else {}))
+        if exc is None:
+            report.rendered.append(plan.stem)
+            self.progress.advance()
+            return False
+        if isinstance(exc, (ServerUnavailable, SceneTimeout)):
+            pool.mark_dead(server, str(exc))
+            tries[plan.id] += 1
+            if tries[plan.id] < self.options.max_attempts:
+                log.warning("scene %s: %s; queueing it on another server", plan.stem, exc)
+                self.manifest.update(plan.id, status=PENDING)
+                return True
+            exc = StoryError(f"gave up after {tries[plan.id]} servers failed; last: {exc}")
+        if not isinstance(exc, StoryError):
+            raise exc  # a bug: let it surface with its traceback
+        log.error("scene %s failed: %s", plan.stem, exc)
+        self.manifest.update(plan.id, status=FAILED, error=str(exc))
+        report.failed[plan.stem] = str(exc)
+        self.progress.advance()
+        return False
+
+    async def _render(self, plan: ScenePlan, server: Server, adopt: str | None) -> None:
+        client, opts = server.client, self.options
+        bar = self.progress.scene(f"{plan.stem} @ {server.url.split('://')[-1]}")
+
+        def on_event(kind: str, data: dict) -> None:
+            bar.on_event(kind, data)
+            if kind == "execution_start":
+                self.manifest.update(plan.id, status=RUNNING, started_at=now_iso())
+
+        try:
+            self._prompt_ids.pop(plan.id, None)
+            prompt_id = adopt if adopt and await self._still_there(client, adopt) else None
+            fresh, queued = prompt_id is None, time.time()
+            prompt_id = prompt_id or uuid.uuid4().hex
+            self._prompt_ids[plan.id] = prompt_id
+            if fresh:
+                client.watch(prompt_id, on_event)
+                # recorded before posting: if the answer is lost, a rerun still finds the prompt by id
+                self.manifest.update(plan.id, status=QUEUED, server=server.url, prompt_id=prompt_id,
+                                     queued_at=now_iso(), started_at=None, error=None)
+                answer = await client.queue_prompt(server.adapt(plan.prompt), prompt_id, f"scene {plan.stem}")
+                self.manifest.update(plan.id, number=answer.get("number"))
+            try:
+                entry, started = await client.wait(prompt_id, timeout=opts.scene_timeout,
+                                                   poll_interval=opts.poll_interval, on_event=on_event)
+            except SceneTimeout:
+                await client.cancel([prompt_id])
+                raise
+            except asyncio.CancelledError:
+                if not server.alive:  # moved elsewhere, not Ctrl-C (which leaves prompts to collect later)
+                    await client.cancel([prompt_id])
+                raise
+            finished = time.time()
+            image = output_image(entry, plan.prompt, plan.output_nodes)
+            data = await download_image(client, image, f"scene {plan.stem}")
+            path = write_new_file(self.story_dir, plan.stem, Path(image["filename"]).suffix or ".png", data)
+            if path.stem != plan.stem:
+                log.warning("scene %s: a different file already has its name; kept it, saved %s", plan.stem, path.name)
+            self.manifest.update(plan.id, status=DONE, file=path.name, sha256=sha256_bytes(data), bytes=len(data),
+                                 output=image, finished_at=now_iso(), error=None, timings={
+                                     "wait_s": round((started or finished) - queued, 3),
+                                     "run_s": round(finished - started, 3) if started else None,
+                                     "download_s": round(time.time() - finished, 3)})
+        finally:
+            bar.close()
+
+    @staticmethod
+    async def _still_there(client: ComfyClient, prompt_id: str) -> bool:
+        """Whether the server knows the prompt. The queue is read first: a prompt leaves the queue only
+        once it is in the history, so it cannot slip between the two reads."""
+        running, pending = client.queue_ids(await client.queue())
+        return prompt_id in running | pending or await client.history(prompt_id) is not None
+
+    async def _refetch(self, pool: ServerPool, plan: ScenePlan) -> bool:
+        """Download a finished scene again from the server that made it, if it still has the same bytes."""
+        rec = self.manifest.scene(plan.id)
+        server, image = pool.by_url(rec.get("server")), rec.get("output")
+        if server is None or not image:
+            return False
+        try:
+            data = await server.client.view(image["filename"], image.get("subfolder", ""), image.get("type", "output"))
+        except (ServerUnavailable, FileNotFoundError):
+            return False
+        if sha256_bytes(data) != rec.get("sha256"):
+            return False
+        path = write_new_file(self.story_dir, plan.stem, Path(image["filename"]).suffix or ".png", data)
+        self.manifest.update(plan.id, file=path.name, refetched_at=now_iso())
+        return True
+
+    def _contact_sheet(self) -> Path:
+        cells = []
+        for plan in self.plans:
+            rec = self.manifest.scene(plan.id)
+            path = self.story_dir / str(rec.get("file"))
+            ok = rec.get("status") == DONE and path.is_file()
+            who = f" · {', '.join(plan.characters)}" if plan.characters else ""
+            state = "" if ok else f" · {rec.get('status', PENDING)}"
+            cells.append((path if ok else None, f"{plan.stem}{who} · seed {plan.scene.seed}{state}"))
+        sheet = write_contact_sheet(cells, self.story_dir / "contact-sheet.png")
+        self.manifest.set("contact_sheet", {"file": sheet.name, "sha256": file_sha256(sheet)})
+        return sheet
+
+
+def run_story(story: Story | str | Path, servers: list[str], options: RunOptions | None = None) -> RunReport:
+    """Synchronous convenience wrapper: ``run_story("stories/x.yaml", ["http://127.0.0.1:8188"])``."""
+    return asyncio.run(StoryRunner(story, servers, options).run())

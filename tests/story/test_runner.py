@@ -1,0 +1,281 @@
+"""The runner end to end against fake ComfyUI servers: right image in the right file, spreading over
+servers, faults (400s, execution errors, dropped websockets, dying servers, damaged downloads,
+timeouts) and resuming without losing or redoing work."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+
+import pytest
+import yaml
+from PIL import Image
+from story_fake_comfy import scene_color
+
+from storymaker_core.story.errors import NoServerLeft, ValidationFailed
+from storymaker_core.story.files import file_sha256
+from storymaker_core.story.runner import StoryRunner
+from storymaker_core.story.server import free_port
+
+STEMS = ["01-morning", "02-street", "03-alice-reads-a-book-by-the"]
+
+
+def run(path, servers, options, **changes):
+    runner = StoryRunner(path, [s if isinstance(s, str) else s.url for s in servers],
+                         dataclasses.replace(options, **changes))
+    return asyncio.run(runner.run()), runner
+
+
+def manifest(runner) -> dict:
+    return json.loads((runner.story_dir / "manifest.json").read_text())
+
+
+def color(path) -> tuple:
+    with Image.open(path) as im:
+        return im.convert("RGB").getpixel((0, 0))
+
+
+def assert_scene_files(runner, names=None):
+    """Each scene's file holds the image the fake rendered from that scene's seed and prompt."""
+    scenes = manifest(runner)["scenes"]
+    for plan in runner.plans:
+        rec = scenes[plan.id]
+        path = runner.story_dir / rec["file"]
+        assert rec["status"] == "done" and rec["sha256"] == file_sha256(path)
+        assert color(path) == scene_color(plan.scene.seed, plan.scene.prompt), plan.stem
+        if names:
+            assert rec["file"] == names[plan.stem]
+
+
+def test_story_is_rendered_scene_by_scene(comfy, make_story, options, story_dir):
+    server = comfy.start()
+    report, runner = run(make_story(), [server], options)
+    assert report.ok and sorted(report.rendered) == STEMS and report.skipped == []
+    assert_scene_files(runner, {s: f"{s}.png" for s in STEMS})
+    assert [p["7"]["inputs"]["seed"] for _, p in server.accepted] == [100, 7, 102]  # story order
+    # the reference was uploaded once and each prompt's LoadImage names it
+    (upload,) = runner.plans[0].uploads
+    assert server.inputs == {upload.name: (story_dir / "refs" / "alice.png").read_bytes()}
+    assert all(p["2"]["inputs"]["image"] == upload.name for _, p in server.accepted)
+    assert server.requests["POST /upload/image"] == 1
+    m = manifest(runner)
+    rec = m["scenes"]["street"]
+    assert rec["seed"] == 7 and rec["server"] == server.url and rec["prompt_id"] in server.history
+    assert rec["output"] == {"filename": "street_00002_.png", "subfolder": "storymaker/test-story", "type": "output"}
+    assert set(rec["timings"]) == {"wait_s", "run_s", "download_s"} and rec["timings"]["run_s"] is not None
+    assert [a["outcome"] for a in rec["attempts"]] == ["done"]
+    sheet = runner.story_dir / "contact-sheet.png"
+    assert report.contact_sheet == sheet and m["contact_sheet"]["sha256"] == file_sha256(sheet)
+    assert Image.open(sheet).size[0] > 2 * 256  # two columns for three scenes
+
+
+def test_websocket_wakes_the_waiter_and_survives_drops(comfy, make_story, options):
+    """Completion arrives over the websocket, far sooner than the 3 s poll interval, even after the
+    websocket dropped in the middle of a prompt (messages lost, then reconnected)."""
+    server = comfy.start(drop_ws_after=4)
+    comfy.hold_until([server], lambda: server.accepted and server.ws_connections)  # drop mid-prompt
+    start = time.monotonic()
+    report, runner = run(make_story(), [server], options, poll_interval=3.0)
+    assert report.ok
+    assert server.faults.drop_ws_times == 0  # the drop did happen
+    assert time.monotonic() - start < 2.5
+    assert_scene_files(runner)
+
+
+def test_scenes_spread_over_servers_by_queue_length(comfy, make_story, options):
+    a, b = comfy.start(), comfy.start()
+    # nothing finishes while scenes are handed out, so queue lengths alone decide
+    comfy.hold_until([a, b], lambda: len(a.accepted) + len(b.accepted) == 4)
+    scenes = [{"id": f"s{i}", "prompt": f"scene {i}"} for i in range(5)]
+    report, runner = run(make_story(scenes=scenes), [a, b], options, max_queue=2)
+    assert report.ok
+    # s0 -> a (tie, first listed); s1 -> b (0 < 1); s2 -> a (tie); s3 -> b (1 < 2); s4 waits for a slot
+    assert [p["7"]["inputs"]["seed"] for _, p in a.accepted][:2] == [100, 102]
+    assert [p["7"]["inputs"]["seed"] for _, p in b.accepted][:2] == [101, 103]
+    assert len(a.accepted) + len(b.accepted) == 5
+    assert_scene_files(runner)
+
+
+def test_a_busy_server_is_left_alone(comfy, make_story, options):
+    busy, free = comfy.start(external_load=3), comfy.start()
+    scenes = [{"id": f"s{i}", "prompt": f"scene {i}"} for i in range(4)]
+    report, runner = run(make_story(scenes=scenes), [busy, free], options, max_queue=2)
+    assert report.ok and len(busy.accepted) == 0 and len(free.accepted) == 4
+    assert busy.requests["GET /queue"] >= 4  # it was asked every time
+
+
+def test_server_killed_mid_story_its_scene_is_requeued_elsewhere(comfy, make_story, options, caplog):
+    dying, healthy = comfy.start(die_after_accepting=1), comfy.start()
+    report, runner = run(make_story(), [dying, healthy], options)
+    assert report.ok and report.failed == {}
+    assert len(healthy.accepted) == 3  # every scene, including those the dead server had accepted
+    scenes = manifest(runner)["scenes"]
+    attempts = scenes["morning"]["attempts"]
+    assert attempts[0]["server"] == dying.url and attempts[0]["outcome"] in ("ServerUnavailable", "moved")
+    assert (attempts[-1]["server"], attempts[-1]["outcome"]) == (healthy.url, "done")
+    assert {rec["server"] for rec in scenes.values()} == {healthy.url}
+    assert_scene_files(runner)
+    assert f"dropping server {dying.url}" in caplog.text
+
+
+def test_http_400_node_errors_fail_only_that_scene(comfy, make_story, options):
+    server = comfy.start(reject_seed=7)
+    report, runner = run(make_story(), [server], options)
+    assert not report.ok and list(report.failed) == ["02-street"]
+    error = report.failed["02-street"]
+    assert f"ComfyUI ({server.url}) rejected scene 02-street: Prompt outputs failed validation" in error
+    assert "node 7 (KSampler): Value 150.0 bigger than max of 100.0: cfg" in error
+    assert server.rejected == 1  # not retried: the same prompt would be rejected again
+    scenes = manifest(runner)["scenes"]
+    assert scenes["street"]["status"] == "failed" and "bigger than max" in scenes["street"]["error"]
+    assert [scenes[k]["status"] for k in ("morning", "alice-reads-a-book-by-the")] == ["done", "done"]
+
+
+def test_execution_error_names_the_node(comfy, make_story, options):
+    server = comfy.start(fail_seed=100)
+    report, runner = run(make_story(), [server], options)
+    assert report.failed == {"01-morning": "node 7 (KSampler) raised RuntimeError: CUDA out of memory (fake)"}
+    assert sorted(report.rendered) == STEMS[1:]
+    sheet = Image.open(runner.story_dir / "contact-sheet.png").convert("RGB")
+    assert sheet.getpixel((8 + 128, 8 + 128)) == (64, 64, 64)  # placeholder for the failed scene
+
+
+def test_validation_against_object_info_happens_before_queueing(comfy, make_story, options):
+    server = comfy.start()
+    path = make_story(sampling={"sampler_name": "eulr"}, values={"weight": 5.0},
+                      bindings={"weight": {"title": "StoryMaker", "input": "weight"}})
+    with pytest.raises(ValidationFailed) as info:
+        run(path, [server], options)
+    message = str(info.value)
+    assert "scenes 01-morning, 02-street, 03-alice-reads-a-book-by-the: node 7 (KSampler): input 'sampler_name' " \
+           "is 'eulr', not offered by this server" in message
+    assert "node 3 (TestCharacterApply \"StoryMaker\"): input 'weight' is 5.0, above the maximum 2.0" in message
+    assert server.requests["POST /prompt"] == 0
+
+
+def test_damaged_download_is_fetched_again(comfy, make_story, options, caplog):
+    server = comfy.start(corrupt_views=2)
+    report, runner = run(make_story(), [server], options)
+    assert report.ok
+    assert server.requests["GET /view"] == 3 + 2
+    assert "is damaged" in caplog.text
+    assert_scene_files(runner)
+
+
+def test_resume_after_interruption_skips_verified_scenes(comfy, make_story, options):
+    path = make_story()
+    first = comfy.start(die_after_accepting=3)
+    report, runner = run(path, [first], options, max_queue=1)
+    assert report.rendered == STEMS[:2] and report.not_rendered == STEMS[2:]
+    assert "no ComfyUI server is left" in report.message and "rerun to resume" in report.message
+    done = {p: (runner.story_dir / f"{p}.png").stat() for p in STEMS[:2]}
+
+    second = comfy.start()
+    report, runner = run(path, [second], options)
+    assert report.skipped == STEMS[:2] and report.rendered == STEMS[2:]
+    assert [p["7"]["inputs"]["seed"] for _, p in second.accepted] == [102]
+    for stem, stat in done.items():  # untouched: same inode, same mtime
+        now = (runner.story_dir / f"{stem}.png").stat()
+        assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
+    assert_scene_files(runner)
+
+    report, runner = run(path, [], options)  # all verified: no server needed at all
+    assert report.ok and report.skipped == STEMS and not runner.needs_server()
+
+
+def test_damaged_local_file_is_kept_and_fetched_again(comfy, make_story, options, caplog):
+    path = make_story()
+    server = comfy.start()
+    run(path, [server], options)
+    story = options.out_dir / "test-story"
+    (story / "02-street.png").write_bytes(b"edited by hand")
+    (story / "01-morning.png").unlink()
+    report, runner = run(path, [server], options)
+    assert sorted(report.refetched) == STEMS[:2] and report.rendered == []
+    assert len(server.accepted) == 3  # nothing was rendered again
+    assert (story / "02-street.png").read_bytes() == b"edited by hand"
+    assert "does not match its recorded sha256" in caplog.text
+    assert_scene_files(runner, {STEMS[0]: "01-morning.png", STEMS[1]: "02-street-v2.png",
+                                STEMS[2]: f"{STEMS[2]}.png"})
+
+
+def test_damaged_file_is_rendered_again_when_the_server_lost_it(comfy, make_story, options):
+    path = make_story()
+    run(path, [comfy.start()], options)
+    story = options.out_dir / "test-story"
+    (story / "02-street.png").write_bytes(b"damaged")
+    other = comfy.start()
+    report, runner = run(path, [other], options)
+    assert report.rendered == ["02-street"] and len(other.accepted) == 1
+    rec = manifest(runner)["scenes"]["street"]
+    assert rec["file"] == "02-street-v2.png" and rec["superseded"][0]["file"] == "02-street.png"
+    assert (story / "02-street.png").read_bytes() == b"damaged"
+    assert_scene_files(runner)
+
+
+def test_changed_scene_is_rendered_again_and_the_old_file_kept(comfy, make_story, options):
+    server = comfy.start()
+    path = make_story()
+    _, runner = run(path, [server], options)
+    old = (runner.story_dir / "02-street.png").read_bytes()
+    doc = yaml.safe_load(path.read_text())
+    doc["scenes"][1]["prompt"] = "alice runs down a rainy street"
+    path.write_text(yaml.safe_dump(doc))
+    report, runner = run(path, [server], options)
+    assert report.rendered == ["02-street"] and report.skipped == [STEMS[0], STEMS[2]]
+    assert (runner.story_dir / "02-street.png").read_bytes() == old
+    rec = manifest(runner)["scenes"]["street"]
+    assert rec["file"] == "02-street-v2.png" and rec["superseded"][0]["why"] == "the story changed this scene"
+    assert_scene_files(runner)
+
+
+def test_cancelled_run_leaves_queued_prompt_that_the_next_run_collects(comfy, make_story, options):
+    server = comfy.start()
+    comfy.call(server.pause)
+    path = make_story()
+
+    async def interrupted():
+        runner = StoryRunner(path, [server.url], dataclasses.replace(options, max_queue=1))
+        task = asyncio.ensure_future(runner.run())
+        while not server.accepted:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return runner
+
+    runner = asyncio.run(interrupted())
+    rec = manifest(runner)["scenes"]["morning"]
+    assert rec["status"] == "queued" and rec["prompt_id"] == server.accepted[0][0]
+    assert {manifest(runner)["scenes"][k]["status"] for k in ("street", "alice-reads-a-book-by-the")} == {"pending"}
+
+    comfy.call(server.resume)
+    report, runner = run(path, [server], options)
+    assert report.ok and len(server.accepted) == 3  # the queued prompt was collected, not queued again
+    assert manifest(runner)["scenes"]["morning"]["prompt_id"] == server.accepted[0][0]
+    assert_scene_files(runner)
+
+
+def test_scene_timeout_moves_the_scene_to_another_server(comfy, make_story, options):
+    stuck, healthy = comfy.start(), comfy.start()
+    comfy.call(stuck.pause)
+    start = time.monotonic()
+    report, runner = run(make_story(), [stuck, healthy], options, scene_timeout=1.0)
+    assert report.ok and len(healthy.accepted) == 3
+    assert time.monotonic() - start < 2.0  # every scene on the stuck server moved at the first timeout
+    assert stuck.requests["POST /queue"] >= 1 and stuck.pending == []  # our prompts were taken back
+    outcomes = [a["outcome"] for a in manifest(runner)["scenes"]["morning"]["attempts"]]
+    assert outcomes == ["SceneTimeout", "done"]
+    assert_scene_files(runner)
+
+
+def test_unreachable_servers(comfy, make_story, options):
+    dead = f"http://127.0.0.1:{free_port()}"
+    server = comfy.start()
+    report, runner = run(make_story(), [dead, server], options)
+    assert report.ok and len(server.accepted) == 3
+    with pytest.raises(NoServerLeft, match=f"no ComfyUI server is left \\({dead}: "):
+        run(make_story(name="other"), [dead], options)
