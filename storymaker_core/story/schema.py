@@ -209,9 +209,9 @@ def load_story(path: str | Path) -> Story:
             index=i + 1, id=scene_id, prompt=prompt, negative=negative, characters=characters, pose=pose,
             seed=seed, workflow=wf, size=scene_size, sampling=scene_sampling, values=scene_values, field=where,
         ))
-    for name in values:
-        if name not in used_names:
-            c.bad(f"values.{name}", "no custom binding by this name in any workflow of the story; declare it "
+    for value_name in values:
+        if value_name not in used_names:
+            c.bad(f"values.{value_name}", "no custom binding by this name in any workflow of the story; declare it "
                                     "under `bindings:` (prompt, seed, size and sampling have their own fields)")
     if c.problems:
         raise StoryFileError(path, list(dict.fromkeys(c.problems)))

@@ -22,7 +22,20 @@ import aiohttp
 from .errors import StoryError
 
 log = logging.getLogger("storymaker.story")
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(os.path.abspath(__file__)).parents[2]  # not resolved: the pack may be a symlink in custom_nodes
+
+
+def _pack_paths() -> list:
+    """Paths of this pack: as the shell reached it (custom_nodes/ComfyUI-StoryMaker may be a symlink, and
+    Python only sees the physical path), then as Python imported it, then fully resolved."""
+    paths = [REPO_ROOT, REPO_ROOT.resolve()]
+    shell_dir = os.environ.get("PWD")
+    if shell_dir:
+        for candidate in (Path(shell_dir), *Path(shell_dir).parents):
+            if candidate.resolve() == REPO_ROOT.resolve():
+                paths.insert(0, candidate)
+                break
+    return paths
 
 
 def find_comfyui(explicit: str | Path | None = None, environ: Mapping[str, str] = os.environ) -> Path:
@@ -32,7 +45,9 @@ def find_comfyui(explicit: str | Path | None = None, environ: Mapping[str, str] 
     elif environ.get("COMFYUI_PATH"):
         root, source = Path(environ["COMFYUI_PATH"]), "COMFYUI_PATH"
     else:
-        root, source = REPO_ROOT.parent.parent, "the ComfyUI that contains this pack"
+        candidates = [pack.parent.parent for pack in _pack_paths()]
+        root = next((c for c in candidates if (c / "main.py").is_file()), candidates[0])
+        source = "the ComfyUI that contains this pack"
     root = root.expanduser().resolve()
     if not (root / "main.py").is_file():
         raise StoryError(f"no ComfyUI at {root} ({source}): {root / 'main.py'} does not exist. Give a running "

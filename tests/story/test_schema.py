@@ -150,3 +150,14 @@ def test_example_stories_in_repo_are_valid(tmp_path, name):
     plans = plan_story(load_story(story))
     assert [p.scene.id for p in plans] == [s["id"] for s in doc["scenes"]]
     assert all(plan.uploads for plan in plans)
+
+
+def test_example_stories_keep_their_names_with_custom_values():
+    """`values:` used to overwrite the story name (a loop variable shadowed it): story/<name>/ was wrong."""
+    from pathlib import Path
+
+    from storymaker_core.story.schema import load_story
+
+    stories = Path(__file__).resolve().parents[2] / "stories"
+    assert load_story(stories / "example-one-character.yaml").name == "ava-one-day"
+    assert load_story(stories / "example-two-characters.yaml").name == "ava-and-ben-in-paris"
