@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--insightface-root", help="folder holding models/buffalo_l/*.onnx (default: tiny stand-ins)")
     parser.add_argument("--sam", help="Segment Anything checkpoint (default: random vit_b)")
+    parser.add_argument("--clip-model", default="ViT-H-14", help="open_clip architecture (random weights)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "prepare_cost.json"))
@@ -81,18 +82,18 @@ def main(argv=None) -> int:
         box = person_box_from_face(face.bbox, photo.shape[:2])
         costs["segmentation"] = timed(lambda: segmenter.segment(photo, box), args.repeats, sync)
         mask = segmenter.segment(photo, box)
-        if not mask.any():  # random SAM weights may segment nothing: crops then use a box mask
+        if args.sam is None:  # random SAM weights segment noise: the crops use the box as the mask
             mask = np.zeros(photo.shape[:2], bool)
             mask[int(box[1]):int(box[3]), int(box[0]):int(box[2])] = True
 
         costs["crops"] = timed(lambda: character_from_reference(photo, mask, face.kps, face.embedding), args.repeats, sync)
         character = character_from_reference(photo, mask, face.kps, face.embedding)
 
-        clip = open_clip.create_model("ViT-H-14", pretrained=None).visual.to(device).eval()  # the size of the real one
+        clip = open_clip.create_model(args.clip_model, pretrained=None).visual.to(device).eval()  # ViT-H: the real size
         crops = torch.from_numpy(np.concatenate([character.character_image, character.face_image])).permute(0, 3, 1, 2)
         pixels = (crops.float() / 255).to(device)
         with torch.no_grad():
-            costs["CLIP ViT-H encode x2"] = timed(lambda: clip(pixels), args.repeats, sync)
+            costs[f"CLIP {args.clip_model} encode x2"] = timed(lambda: clip(pixels), args.repeats, sync)
 
         layout = release_layout()
         with torch.device("meta"):
@@ -123,7 +124,7 @@ def main(argv=None) -> int:
 
     total = sum(costs.values())
     print(f"device: {args.device}; insightface: {'given' if args.insightface_root else 'tiny stand-ins'}; "
-          f"SAM: {'given' if args.sam else 'random vit_b'}; CLIP: random ViT-H/14; resampler: release size")
+          f"SAM: {'given' if args.sam else 'random vit_b'}; CLIP: random {args.clip_model}; resampler: release size")
     for name, seconds in costs.items():
         print(f"  {name:<32} {seconds * 1000:9.1f} ms")
     print(f"  {'one attn2 layer, first call':<32} {first * 1000:9.1f} ms (image K/V computed)")

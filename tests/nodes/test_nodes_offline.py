@@ -87,3 +87,26 @@ def test_character_from_a_batch_of_references_with_progress(classes, progress):
     assert crops.shape == faces.shape == (2, 224, 224, 3) and masks.shape == (2, 512, 512)
     assert character.name == "ava" and character.character_image.shape == (2, 224, 224, 3)
     assert progress == [("total", 2), ("update", 1), ("update", 1)]
+
+
+def test_pack_imports_with_every_optional_package_missing(monkeypatch):
+    """ComfyUI skips a pack whose import fails ('IMPORT FAILED'): the pack must load without insightface,
+    segment-anything, OpenCV or open_clip, and fail only in the node that needs them."""
+    import importlib.util
+
+    from support.comfyui import REPO
+    from support.node_specs import _stand_in_folder_paths
+
+    for name in ("insightface", "insightface.app", "segment_anything", "cv2", "open_clip", "onnxruntime"):
+        monkeypatch.setitem(sys.modules, name, None)
+    monkeypatch.setitem(sys.modules, "folder_paths", _stand_in_folder_paths())
+    for name in [m for m in sys.modules if m.startswith("pack_without_optionals")]:
+        monkeypatch.delitem(sys.modules, name)
+    spec = importlib.util.spec_from_file_location("pack_without_optionals", REPO / "__init__.py",
+                                                  submodule_search_locations=[str(REPO)])
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "pack_without_optionals", module)
+    spec.loader.exec_module(module)
+    assert set(module.NODE_CLASS_MAPPINGS) == EXPECTED
+    with pytest.raises(ImportError, match="pip install opencv-python"):
+        sys.modules["pack_without_optionals.storymaker_core.preprocess"].character_crop(np.zeros((8, 8, 3), np.uint8), np.ones((8, 8)))

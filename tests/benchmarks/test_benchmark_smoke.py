@@ -1,0 +1,44 @@
+"""The benchmark scripts run and end with a well-formed summary line (their speed is not tested here)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SUMMARY = re.compile(r"^(?P<name>[a-z_]+): (?P<value>[0-9.]+) ?(?P<unit>[^ (]*).*\((?P<ratio>[^)]*)\)$")
+
+
+def run(script, *args, env=None):
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=900, env={**os.environ, **(env or {})})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()
+
+
+def test_prepare_cost_runs_and_prints_a_summary(tmp_path):
+    pytest.importorskip("open_clip")
+    pytest.importorskip("segment_anything")
+    out = tmp_path / "prepare.json"
+    lines = run("prepare_cost.py", "--repeats", "1", "--clip-model", "ViT-B-32", "--out", str(out))
+    match = SUMMARY.match(lines[-1])
+    assert match and match["name"] == "prepare_cost" and match["unit"] == "ms", lines[-1]
+    result = json.loads(out.read_text())
+    assert set(result["per_character_s"]) >= {"face analysis", "segmentation", "crops", "resampler (+ negative tokens)"}
+    assert result["per_scene_reencoding_s"] == 0.0 and result["attn2_cached_call_s"] > 0
+
+
+@pytest.mark.comfyui
+def test_step_overhead_runs_and_prints_a_summary(tmp_path):
+    comfyui = os.environ.get("COMFYUI_PATH")
+    if not comfyui:
+        pytest.skip("COMFYUI_PATH is not set: step_overhead runs ComfyUI in library mode")
+    out = tmp_path / "step.json"
+    lines = run("step_overhead.py", "--comfyui", comfyui, "--rounds", "2", "--res", "128", "--out", str(out))
+    assert lines[-1].startswith("step_overhead: ") and "x (1 character)" in lines[-1], lines[-1]
+    result = json.loads(out.read_text())
+    assert result["ratios_eager"]["baseline"] == 1.0 and len(result["eager_s"]) == 6
