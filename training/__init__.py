@@ -1,0 +1,14 @@
+"""Training and fine-tuning StoryMaker (issue 5): dataset builder, trainer, export in the release layout.
+
+Entry points (see docs/training.md):
+  python -m training.prepare IMAGES OUT [--masks DIR] [--sam CKPT]   build a dataset (manifest.jsonl)
+  python -m training.toy OUT                                         a toy dataset (no photos, no models)
+  python -m training.train --config training/configs/tiny-cpu.yaml   train (accelerate launch for many GPUs)
+  python -m training.export --checkpoint RUN/checkpoints/step-N --output storymaker.safetensors
+
+Modules, one job each: `config` (YAML -> dataclasses), `synthetic` (random SDXL-shaped models),
+`components` (frozen base models and encoders), `processors` (LoRA + image-branch attention processors),
+`model` (the trainable module), `initialise` (release / IP-Adapter starting points), `dataset` (samples,
+buckets, sampler), `losses`, `step` (one micro-step), `train` (the accelerate loop), `previews`,
+`export`, `prepare`, `toy`.
+"""
