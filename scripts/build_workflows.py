@@ -78,6 +78,16 @@ def scene(g: Graph, model, clip, vae, prompt: str, seed: int, suffix: str = "", 
     return g.add("SaveImage", f"output{suffix}", images=out(decoded), filename_prefix=prefix)
 
 
+def encode(g: Graph, sm: str, characters: list, clip_vision: str = None, face_only: bool = False) -> str:
+    """Encode 1-3 characters (slot order); a saved character needs no CLIP vision."""
+    inputs = {f"character_{i + 1}": out(c) for i, c in enumerate(characters)}
+    if clip_vision is not None:
+        inputs["clip_vision"] = out(clip_vision)
+    first = inputs.pop("character_1")
+    return g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=first,
+                 face_only=face_only, **inputs)
+
+
 def apply(g: Graph, model, sm, embeds, **extra) -> str:
     return g.add("StoryMakerApply", "Apply StoryMaker", model=model, storymaker=out(sm), embeds=out(embeds),
                  ip_scale=0.8, lora_scale=0.8, start_at=0.0, end_at=1.0, **extra)
@@ -91,8 +101,7 @@ def one_character(scenes: list, segment: bool = True) -> dict:
         char = character(g, face, 1, "ava", with_mask=False, sam=out(sam))
     else:
         char = character(g, face, 1, "ava")
-    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(char),
-                   face_only=False, clip_vision=out(clip_vision))
+    embeds = encode(g, sm, [char], clip_vision)
     model = apply(g, out(ckpt), sm, embeds)
     for i, prompt in enumerate(scenes):
         suffix = "" if len(scenes) == 1 else f" {i + 1}"
@@ -104,8 +113,7 @@ def two_characters_regions() -> dict:
     g = Graph()
     ckpt, sm, face, clip_vision = base(g)
     first, second = character(g, face, 1, "ava"), character(g, face, 2, "ben")
-    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(first),
-                   face_only=False, clip_vision=out(clip_vision), character_2=out(second))
+    embeds = encode(g, sm, [first, second], clip_vision)
     left = g.add("LoadImageMask", "region 1 (left)", image="region_left.png", channel="red")
     right = g.add("LoadImageMask", "region 2 (right)", image="region_right.png", channel="red")
     model = apply(g, out(ckpt), sm, embeds, mask_1=out(left), mask_2=out(right))
@@ -118,8 +126,7 @@ def pose_guided() -> dict:
     g = Graph()
     ckpt, sm, face, clip_vision = base(g)
     char = character(g, face, 1, "ava")
-    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(char),
-                   face_only=False, clip_vision=out(clip_vision))
+    embeds = encode(g, sm, [char], clip_vision)
     model = apply(g, out(ckpt), sm, embeds)
     positive = g.add("CLIPTextEncode", "positive", text="a woman dancing in a ballroom, elegant dress", clip=out(ckpt, 1))
     negative = g.add("CLIPTextEncode", "negative", text=NEGATIVE, clip=out(ckpt, 1))
@@ -136,8 +143,7 @@ def clothing_swap() -> dict:
     ckpt, sm, face, clip_vision = base(g)
     clothing = g.add("LoadImage", "clothing", image="clothing.png")
     char = character(g, face, 1, "ava", clothing=out(clothing))
-    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(char),
-                   face_only=False, clip_vision=out(clip_vision))
+    embeds = encode(g, sm, [char], clip_vision)
     model = apply(g, out(ckpt), sm, embeds)
     scene(g, out(model), out(ckpt, 1), out(ckpt, 2), "a woman walking in a park, full body, photo", seed=666)
     return g.nodes
@@ -149,8 +155,7 @@ def face_only_style() -> dict:
     lora = g.add("LoraLoader", "Style LoRA", model=out(ckpt), clip=out(ckpt, 1), lora_name=STYLE_LORA,
                  strength_model=0.8, strength_clip=0.8)
     char = character(g, face, 1, "ava")
-    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(char),
-                   face_only=True, clip_vision=out(clip_vision))
+    embeds = encode(g, sm, [char], clip_vision, face_only=True)
     model = apply(g, out(lora), sm, embeds)
     scene(g, out(model), out(lora, 1), out(ckpt, 2), "a watercolor illustration of a woman reading under a tree",
           seed=666, width=1024, height=1024)
@@ -163,8 +168,7 @@ def character_blend() -> dict:
     first, second = character(g, face, 1, "ava"), character(g, face, 2, "ben")
     blend = g.add("StoryMakerBlendCharacters", "Blend characters", character_a=out(first), character_b=out(second),
                   weight=0.5)
-    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(blend),
-                   face_only=False, clip_vision=out(clip_vision))
+    embeds = encode(g, sm, [blend], clip_vision)
     model = apply(g, out(ckpt), sm, embeds)
     scene(g, out(model), out(ckpt, 1), out(ckpt, 2), "a portrait photo of a person in a cafe", seed=666,
           width=1024, height=1024)
@@ -185,8 +189,7 @@ def reuse_saved_character() -> dict:
     ckpt = g.add("CheckpointLoaderSimple", "Load Checkpoint", ckpt_name=CHECKPOINT)
     sm = g.add("StoryMakerLoader", "Load StoryMaker", storymaker_file=STORYMAKER)
     saved = g.add("StoryMakerLoadCharacter", "Load character", character_file="ava.safetensors")
-    embeds = g.add("StoryMakerEncodeCharacters", "Encode characters", storymaker=out(sm), character_1=out(saved),
-                   face_only=False)  # no CLIP vision, no InsightFace: the file holds the features
+    embeds = encode(g, sm, [saved])  # no CLIP vision, no InsightFace: the file holds the features
     model = apply(g, out(ckpt), sm, embeds)
     scene(g, out(model), out(ckpt, 1), out(ckpt, 2), "a woman hiking in the mountains, photo", seed=666)
     return g.nodes
