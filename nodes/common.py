@@ -16,7 +16,7 @@ def images_to_numpy(image: torch.Tensor) -> list:
 
 def numpy_to_images(arrays: np.ndarray) -> torch.Tensor:
     """uint8 [B, H, W, 3] -> IMAGE."""
-    return torch.from_numpy(np.ascontiguousarray(arrays)).float() / 255.0
+    return torch.from_numpy(np.array(arrays, dtype=np.float32)) / 255.0  # a copy: saved arrays are read-only
 
 
 def mask_row(mask, index: int, input_name: str):

@@ -115,7 +115,7 @@ def save_character(path: str, character: Character, metadata: Optional[dict] = N
     for name in ("kps", "character_image", "face_image"):
         value = getattr(character, name)
         if value is not None:
-            tensors[name] = torch.from_numpy(np.ascontiguousarray(value))
+            tensors[name] = torch.tensor(np.asarray(value))  # a copy: the arrays may be read-only
     info = {"format": FORMAT, "name": character.name, "extra": json.dumps(metadata or {})}
     save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=info)
 

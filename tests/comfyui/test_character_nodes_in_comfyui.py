@@ -1,0 +1,115 @@
+"""Character nodes with ComfyUI's own CLIP vision (a tiny ViT built by ComfyUI): encode, save, load, blend.
+
+Needs COMFYUI_PATH (a ComfyUI v0.14.1 source tree) and its requirements; skipped otherwise.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from storymaker_core.adapter import StoryMakerAdapter
+from storymaker_core.faces import DetectedFace
+from storymaker_core.layout import SDXL, unet_attention_layers
+from storymaker_core.resampler import interpolate_character_tokens
+from storymaker_core.weights import expected_image_proj_shapes, expected_ip_adapter_shapes, storymaker_weights_from_state_dict
+from support import measured, relative_error, seeded_weights, tiny_resampler_config
+
+pytestmark = pytest.mark.comfyui
+CLIP_WIDTH = 32
+
+
+@pytest.fixture(scope="module")
+def comfy(tmp_path_factory):
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
+    from support.comfyui import import_comfyui, load_pack
+
+    import_comfyui(Path(path))
+    import comfy.clip_vision
+    import folder_paths
+
+    config = tmp_path_factory.mktemp("clip") / "tiny_clip_vision.json"
+    config.write_text(json.dumps({"hidden_act": "gelu", "hidden_size": CLIP_WIDTH, "image_size": 224, "intermediate_size": 64,
+                                  "layer_norm_eps": 1e-5, "model_type": "clip_vision_model", "num_attention_heads": 2,
+                                  "num_channels": 3, "num_hidden_layers": 3, "patch_size": 14, "projection_dim": 16}))
+    vision = comfy.clip_vision.ClipVisionModel(str(config))
+    g = torch.Generator().manual_seed(0)
+    vision.load_sd({k: torch.randn(v.shape, generator=g) * 0.05 if v.dim() > 1 else torch.ones(v.shape) if "norm" in k
+                    else torch.zeros(v.shape) for k, v in vision.get_sd().items()})
+    characters = tmp_path_factory.mktemp("characters")
+    pack = load_pack()
+    folder_paths.folder_names_and_paths["storymaker_characters"] = ([str(characters)], {".safetensors"})
+    resampler = tiny_resampler_config(id_dim=512, clip_dim=CLIP_WIDTH, cross_attention_dim=2048, dim_head=64,
+                                      face_heads=1, character_heads=1, character_dim=64, ff_mult=1)
+    state = {"image_proj_model": seeded_weights(expected_image_proj_shapes(resampler), 1, scale=0.05),
+             "ip_adapter": seeded_weights(expected_ip_adapter_shapes(unet_attention_layers(SDXL), 4), 2)}
+    adapter = StoryMakerAdapter(storymaker_weights_from_state_dict(state, "tiny"))
+    return pack, vision, adapter, characters
+
+
+class StandInFaces:
+    """An INSIGHTFACE stand-in with a fixed face (the node's face selection is tested elsewhere)."""
+
+    def __init__(self, seed):
+        self.embedding = np.random.default_rng(seed).normal(size=512).astype(np.float32)
+
+    def select_face(self, image, image_name, index):
+        kps = np.array([[185, 110], [235, 105], [212, 140], [190, 170], [232, 167]], np.float32)
+        return DetectedFace(np.array([170, 80, 250, 190], np.float32), kps, self.embedding, 0.9)
+
+
+def character(pack, seed, clothing=None):
+    from skimage import data
+
+    image = torch.from_numpy(data.astronaut()).float()[None] / 255
+    mask = torch.zeros(1, 512, 512)
+    mask[:, 40:, 100:330] = 1
+    node = pack.nodes.characters.StoryMakerCharacterFromImage()
+    return node.build(image, StandInFaces(seed), f"c{seed}", 0, mask=mask, clothing=clothing)[0]
+
+
+def test_saved_character_encodes_like_the_original_without_clip_or_insightface(comfy):
+    pack, vision, adapter, folder = comfy
+    encode = pack.nodes.encode.StoryMakerEncodeCharacters()
+    original = character(pack, 1)
+    (direct,) = encode.encode(adapter, original, False, clip_vision=vision)
+    pack.nodes.characters.StoryMakerSaveCharacter().save(original, "ava", clip_vision=vision)
+    pack.nodes.characters.StoryMakerSaveCharacter().save(original, "ava", clip_vision=vision)
+    assert sorted(p.name for p in folder.iterdir()) == ["ava.safetensors", "ava_001.safetensors"]  # never overwritten
+    loaded, crop, face = pack.nodes.characters.StoryMakerLoadCharacter().load("ava.safetensors")
+    assert crop.shape == face.shape == (1, 224, 224, 3)
+    (reused,) = encode.encode(adapter, loaded, False)  # no clip_vision connected
+    measured("tokens of a saved+loaded character (fp16 features) vs encoded directly", relative_error(reused.cond, direct.cond), 1e-3)
+    assert direct.cond.shape == (2, 20, 2048)
+
+
+def test_encode_needs_clip_vision_for_fresh_characters(comfy):
+    pack, vision, adapter, _ = comfy
+    with pytest.raises(ValueError, match="needs a CLIP vision model"):
+        pack.nodes.encode.StoryMakerEncodeCharacters().encode(adapter, character(pack, 1), False)
+
+
+def test_blend_and_clothing_through_the_nodes(comfy):
+    pack, vision, adapter, _ = comfy
+    encode = pack.nodes.encode.StoryMakerEncodeCharacters().encode
+    a, b = character(pack, 1), character(pack, 2)
+    (blend,) = pack.nodes.characters.StoryMakerBlendCharacters().blend(a, b, 0.25)
+    (blended,) = encode(adapter, blend, False, clip_vision=vision)
+    (both,) = encode(adapter, a, False, clip_vision=vision, character_2=b)
+    encoded = [pack.nodes.encode.with_clip_features(c, vision) for c in (a, b)]
+    stack = lambda name: torch.stack([getattr(c, name) for c in encoded])
+    with torch.no_grad():  # blend = lerp of the two characters' tokens before position and fusion
+        raw = adapter.resampler.character_tokens(stack("id_embedding"), stack("character_clip"), stack("face_clip"))
+        expected = adapter.resampler.assemble(interpolate_character_tokens(raw[:1], raw[1:], 0.25))
+    measured("blend node tokens vs lerp of the two characters' tokens", relative_error(blended.cond, expected), 1e-5)
+    assert both.cond.shape == (3, 20, 2048)
+    clothing = torch.zeros(1, 300, 200, 3)
+    clothing[..., 0] = 1.0
+    (swapped,) = encode(adapter, character(pack, 1, clothing=clothing), False, clip_vision=vision)
+    (plain,) = encode(adapter, a, False, clip_vision=vision)
+    assert relative_error(swapped.cond[1, 4:], plain.cond[1, 4:]) > 1e-3  # the character tokens changed
