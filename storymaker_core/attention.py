@@ -60,10 +60,10 @@ def decoupled_attention(q: Tensor, k: Tensor, v: Tensor, ip_k: Tensor, ip_v: Ten
     if not return_image_probs:
         if ip_scale == 0:
             return text
-        return text + ip_scale * attention(q, ip_k, ip_v, heads, ip_mask)
+        return torch.add(text, attention(q, ip_k, ip_v, heads, ip_mask), alpha=ip_scale)  # one kernel, not two
     probs = image_attention_probs(q, ip_k, heads, ip_mask)  # [B, Li, Lq], float32, head-averaged
     image = attention(q, ip_k, ip_v, heads, ip_mask)
-    return text + ip_scale * image, probs
+    return torch.add(text, image, alpha=ip_scale), probs
 
 
 def region_attention_bias(region_masks: Sequence[Optional[Tensor]], latent_hw: tuple, tokens_per_group: int,
