@@ -2,10 +2,9 @@
 
     python benchmarks/comfyui_graph.py --comfyui /path/to/ComfyUI [--steps 8 --size 256 --rounds 3]
 
-Builds, in a temporary `--base-directory` (nothing in your ComfyUI is touched): a narrow SDXL UNet
-(SDXL's 70 transformer blocks, 320 channels at every level; ComfyUI detects it as SDXL), a random
-CLIP-ViT-H vision model, tiny InsightFace models with the real signatures, a StoryMaker file that fits
-the UNet, and a reference photo + mask. Then starts `main.py` and queues, alternately, the StoryMaker
+Builds, in a temporary `--base-directory` (nothing in your ComfyUI is touched), random-weight models of
+the real kinds (tests/support/random_comfy.py: narrow SDXL UNet, CLIP-ViT-H, tiny InsightFace, a
+StoryMaker file that fits the UNet, a stand-in for the text encoders) and a reference photo + mask. Then starts `main.py` and queues, alternately, the StoryMaker
 graph (LoadImage -> Character from Image -> Encode -> Apply -> KSampler) and the same graph without
 Apply, timing each sampling step from the websocket's `progress` messages. Run it with the Python that
 runs ComfyUI (it needs ComfyUI's requirements plus insightface, onnx, onnxruntime).
@@ -29,77 +28,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-COND_NODE = '''
-import torch
-
-class StoryMakerBenchRandomConditioning:
-    """Random SDXL conditioning ([1, 77, 2048] + pooled [1, 1280]): stands in for the text encoders."""
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
-    RETURN_TYPES = ("CONDITIONING",)
-    FUNCTION = "make"
-    CATEGORY = "StoryMaker/benchmark"
-
-    def make(self, seed):
-        g = torch.Generator().manual_seed(seed)
-        return ([[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]],)
-
-NODE_CLASS_MAPPINGS = {"StoryMakerBenchRandomConditioning": StoryMakerBenchRandomConditioning}
-'''
-
-
-def build_models(comfyui: Path, base: Path) -> None:
-    """Random-weight models in ComfyUI's formats, written under `base/models`."""
-    import numpy as np
-    import torch
-    from PIL import Image
-    from safetensors.torch import save_file
-    from skimage import data
-
-    from fixtures.tiny_insightface import face_at, letterbox_scale, write_tiny_insightface
-    from storymaker_core.layout import unet_attention_layers_from_state_dict
-    from storymaker_core.weights import expected_image_proj_shapes, expected_ip_adapter_shapes
-    from support import seeded_weights, tiny_resampler_config
-    from support.comfyui import import_comfyui, small_sdxl
-
-    import_comfyui(comfyui)
-    import comfy.clip_vision
-
-    models = base / "models"
-    unet = small_sdxl(model_channels=320).model.diffusion_model.state_dict()
-    (models / "diffusion_models").mkdir(parents=True)
-    save_file({k: v.half().contiguous() for k, v in unet.items()}, models / "diffusion_models" / "narrow_sdxl.safetensors")
-    layers = unet_attention_layers_from_state_dict({k: tuple(v.shape) for k, v in unet.items()})
-    config = tiny_resampler_config(cross_attention_dim=2048, clip_dim=1280, id_dim=512, id_hidden_dim=64, dim_head=64, face_heads=1,
-                                   character_heads=1, character_dim=64, ff_mult=1, face_depth=1, character_depth=1)
-    state = {"image_proj_model.": seeded_weights(expected_image_proj_shapes(config), 1, scale=0.05),
-             "ip_adapter.": seeded_weights(expected_ip_adapter_shapes(layers, 128), 2, scale=0.02)}
-    (models / "storymaker").mkdir()
-    save_file({p + k: v.half() for p, part in state.items() for k, v in part.items()},
-              models / "storymaker" / "random_storymaker.safetensors")
-    vision = comfy.clip_vision.ClipVisionModel(str(comfyui / "comfy" / "clip_vision_config_h.json"))
-    (models / "clip_vision").mkdir()
-    g = torch.Generator().manual_seed(3)
-    vision_sd = {k: (torch.randn(v.shape, generator=g) * 0.02 if v.dim() > 1 else torch.ones(v.shape) if "norm" in k
-                     else torch.zeros(v.shape)).half() for k, v in vision.get_sd().items()}
-    save_file(vision_sd, models / "clip_vision" / "random_vit_h.safetensors")
-    photo = data.astronaut()
-    scale = letterbox_scale(*photo.shape[:2])
-    write_tiny_insightface(models / "insightface", faces=[face_at(210 * scale, 135 * scale, 90 * scale)])
-    (base / "input").mkdir()
-    Image.fromarray(photo).save(base / "input" / "reference.png")
-    mask = np.zeros(photo.shape[:2], np.uint8)
-    mask[40:, 100:330] = 255
-    Image.fromarray(mask).save(base / "input" / "reference_mask.png")
-
+from support.random_comfy import CLIP_VISION, STORYMAKER, UNET, make_base_directory  # noqa: E402
 
 def graph(seed: int, steps: int, size: int, with_storymaker: bool) -> dict:
     """API-format prompt; the StoryMaker branch is left out for the baseline."""
     prompt = {
-        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": "narrow_sdxl.safetensors", "weight_dtype": "default"}},
-        "pos": {"class_type": "StoryMakerBenchRandomConditioning", "inputs": {"seed": 1}},
-        "neg": {"class_type": "StoryMakerBenchRandomConditioning", "inputs": {"seed": 2}},
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": UNET, "weight_dtype": "default"}},
+        "pos": {"class_type": "StoryMakerTestTextConditioning", "inputs": {"text": "a woman in a kitchen"}},
+        "neg": {"class_type": "StoryMakerTestTextConditioning", "inputs": {"text": "bad quality"}},
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
         "sampler": {"class_type": "KSampler", "inputs": {
             "model": ["apply" if with_storymaker else "unet", 0], "seed": seed, "steps": steps, "cfg": 7.5,
@@ -109,9 +45,9 @@ def graph(seed: int, steps: int, size: int, with_storymaker: bool) -> dict:
     }
     if with_storymaker:
         prompt.update({
-            "sm": {"class_type": "StoryMakerLoader", "inputs": {"storymaker_file": "random_storymaker.safetensors"}},
+            "sm": {"class_type": "StoryMakerLoader", "inputs": {"storymaker_file": STORYMAKER}},
             "face": {"class_type": "StoryMakerInsightFaceLoader", "inputs": {"model_name": "buffalo_l", "provider": "CPU", "det_size": 640}},
-            "clipv": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": "random_vit_h.safetensors"}},
+            "clipv": {"class_type": "CLIPVisionLoader", "inputs": {"clip_name": CLIP_VISION}},
             "image": {"class_type": "LoadImage", "inputs": {"image": "reference.png"}},
             "mask": {"class_type": "LoadImageMask", "inputs": {"image": "reference_mask.png", "channel": "red"}},
             "character": {"class_type": "StoryMakerCharacterFromImage", "inputs": {
@@ -172,11 +108,7 @@ def main(argv=None) -> int:
         parser.error("give --comfyui or set COMFYUI_PATH")
     comfyui = Path(args.comfyui).resolve()
     with tempfile.TemporaryDirectory(prefix="storymaker-graph-") as tmp:
-        base = Path(tmp)
-        (base / "custom_nodes").mkdir()
-        (base / "custom_nodes" / "ComfyUI-StoryMaker").symlink_to(REPO)
-        (base / "custom_nodes" / "storymaker_bench_nodes.py").write_text(COND_NODE)
-        build_models(comfyui, base)
+        base = make_base_directory(comfyui, Path(tmp))
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
