@@ -88,6 +88,9 @@ class StoryRunner:
         story = self.story
         self.manifest = m = Manifest.open(self.story_dir / "manifest.json", {
             "name": story.name, "file": str(story.path), "sha256": file_sha256(story.path)})
+        # the references, so `python -m storymaker_core.evaluate story/<name>` scores the story as it is
+        m.set("cast", {c.name: {"image": str(c.image), **({"mask": str(c.mask)} if c.mask else {})}
+                       for c in story.cast.values()})
         done, refetch, render = [], [], []
         for plan in self.plans:
             rec = m.scene(plan.id)

@@ -279,3 +279,16 @@ def test_unreachable_servers(comfy, make_story, options):
     assert report.ok and len(server.accepted) == 3
     with pytest.raises(NoServerLeft, match=f"no ComfyUI server is left \\({dead}: "):
         run(make_story(name="other"), [dead], options)
+
+
+def test_story_manifest_is_an_evaluation_manifest(comfy, make_story, options, story_dir):
+    """`python -m storymaker_core.evaluate story/<name>` reads the runner's manifest as it is: the cast's
+    references, each scene's file, prompt, characters and seed."""
+    from storymaker_core.evaluate.manifest import load_manifest
+
+    report, runner = run(make_story(), [comfy.start()], options)
+    assert report.ok
+    scored = load_manifest(runner.story_dir)
+    assert scored.references == {"alice": (story_dir / "refs" / "alice.png").resolve()}
+    assert sorted(entry.file.name for entry in scored.images) == sorted(f"{s}.png" for s in STEMS)
+    assert all(entry.characters == ("alice",) and entry.prompt and entry.seed is not None for entry in scored.images)
