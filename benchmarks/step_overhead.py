@@ -31,14 +31,8 @@ def build(args):
 
     from support.comfyui import import_comfyui, load_pack, small_sdxl
 
-    import_comfyui(Path(args.comfyui))
-    if torch.cuda.is_available():  # the helper forces CPU; a GPU run uses the GPU
-        import comfy.cli_args
-        import comfy.model_management as mm
-        comfy.cli_args.args.cpu = False
-        mm.cpu_state = mm.CPUState.GPU
+    import_comfyui(Path(args.comfyui), cpu=not torch.cuda.is_available())
     import comfy.model_management
-    import comfy.model_patcher
 
     from storymaker_core.adapter import StoryMakerAdapter
     from storymaker_core.encode import StoryMakerEmbeds

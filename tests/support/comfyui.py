@@ -12,13 +12,14 @@ REPO = Path(__file__).resolve().parents[2]
 PACK_MODULE = "ComfyUI_StoryMaker_under_test"
 
 
-def import_comfyui(path: Path):
-    """Import ComfyUI from its source tree on the CPU (the flag must be set before model_management)."""
+def import_comfyui(path: Path, cpu: bool = True):
+    """Import ComfyUI from its source tree, on the CPU unless told otherwise (a CUDA build of torch on a
+    GPU-less machine needs the flag, and it must be set before model_management is imported)."""
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
     import comfy.cli_args
 
-    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.cpu = cpu
     import comfy.model_management  # noqa: F401
 
     return comfy
