@@ -28,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
+from support.comfyui import comfyui_server  # noqa: E402
 from support.random_comfy import CLIP_VISION, STORYMAKER, UNET, make_base_directory  # noqa: E402
 
 def graph(seed: int, steps: int, size: int, with_storymaker: bool) -> dict:
@@ -109,22 +110,7 @@ def main(argv=None) -> int:
     comfyui = Path(args.comfyui).resolve()
     with tempfile.TemporaryDirectory(prefix="storymaker-graph-") as tmp:
         base = make_base_directory(comfyui, Path(tmp))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        log = open(base / "server.log", "w")
-        server = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                   "--disable-auto-launch", "--base-directory", str(base)], cwd=comfyui, stdout=log,
-                                  stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            import urllib.request
-            for _ in range(240):
-                try:
-                    urllib.request.urlopen(f"{url}/object_info", timeout=5).read()
-                    break
-                except OSError:
-                    time.sleep(0.5)
+        with comfyui_server(comfyui, base) as url:
             steps = {"with_apply": [], "without_apply": []}
             reencoded = []  # StoryMaker nodes executed again in later scenes (should be none: ComfyUI caches them)
             for r in range(args.rounds + 1):  # round 0 warms up (model loads, character encoding) and is dropped
@@ -137,10 +123,6 @@ def main(argv=None) -> int:
                         raise RuntimeError(f"{name}: expected {args.steps} progress messages, got {len(stamps)}")
                     if r > 0:
                         steps[name] += [b - a for a, b in zip(stamps, stamps[1:])]
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
-            log.close()
         log_text = (base / "server.log").read_text()
         if "IMPORT FAILED" in log_text:
             raise RuntimeError("the pack failed to import:\n" + log_text[-3000:])

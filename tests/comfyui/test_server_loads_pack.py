@@ -5,29 +5,19 @@ Needs COMFYUI_PATH (a ComfyUI v0.14.1 source tree) and its requirements in this 
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from support.comfyui import REPO
+from support.comfyui import REPO, comfyui_server
 
 pytestmark = pytest.mark.comfyui
 
 NODES = {"StoryMakerLoader", "StoryMakerInsightFaceLoader", "StoryMakerSAMLoader", "StoryMakerCharacterFromImage",
          "StoryMakerBlendCharacters", "StoryMakerSaveCharacter", "StoryMakerLoadCharacter",
          "StoryMakerEncodeCharacters", "StoryMakerApply"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -40,27 +30,10 @@ def server(tmp_path_factory):
     (base / "custom_nodes" / "ComfyUI-StoryMaker").symlink_to(REPO)
     (base / "models" / "storymaker").mkdir(parents=True)
     (base / "models" / "storymaker" / "listed.safetensors").write_bytes(b"")  # only listed, never loaded
-    port = free_port()
-    log = open(base / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                "--disable-auto-launch", "--base-directory", str(base)],
-                               cwd=comfyui, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/object_info", timeout=5) as response:
-                info = json.load(response)
-            break
-        except OSError:
-            if process.poll() is not None or time.time() > deadline:
-                process.kill()
-                pytest.fail(f"ComfyUI did not start: {(base / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-    yield info, base / "server.log", url
-    process.terminate()
-    process.wait(timeout=30)
-    log.close()
+    with comfyui_server(Path(comfyui), base) as url:
+        with urllib.request.urlopen(f"{url}/object_info", timeout=30) as response:
+            info = json.load(response)
+        yield info, base / "server.log", url
 
 
 def test_pack_imports_without_failure(server):

@@ -7,11 +7,6 @@ requirements plus insightface/onnx/onnxruntime; skipped otherwise. About two min
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -58,33 +53,12 @@ def server(tmp_path_factory):
     if not comfyui:
         pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
     pytest.importorskip("insightface")
+    from support.comfyui import comfyui_server
     from support.random_comfy import make_base_directory
 
     base = make_base_directory(Path(comfyui), tmp_path_factory.mktemp("comfy-base"))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(base / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                "--disable-auto-launch", "--base-directory", str(base)], cwd=comfyui, stdout=log,
-                               stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"{url}/object_info", timeout=5).read()
-            break
-        except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(0.5)
-    else:
-        process.kill()
-    if process.poll() is not None:
-        pytest.fail(f"ComfyUI did not start: {(base / 'server.log').read_text()[-3000:]}")
-    yield url
-    process.terminate()
-    process.wait(timeout=60)
-    log.close()
+    with comfyui_server(Path(comfyui), base) as url:
+        yield url
 
 
 def test_story_renders_resumes_and_records_every_scene(server, tmp_path):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -72,3 +77,40 @@ def small_sdxl(seed: int = 0, **overrides):
             assert torch.isfinite(b).all()
     cpu = torch.device("cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+
+
+class ComfyUIServerError(RuntimeError):
+    """ComfyUI did not come up; the message holds the end of its log."""
+
+
+@contextlib.contextmanager
+def comfyui_server(comfyui: Path, base: Path, timeout: float = 120.0):
+    """`main.py --cpu` on a free port with `--base-directory base`; yields its URL, stops it afterwards.
+
+    The server's output goes to `base/server.log`.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with open(base / "server.log", "w") as log:
+        process = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                                    "--disable-auto-launch", "--base-directory", str(base)], cwd=comfyui, stdout=log,
+                                   stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + timeout
+            while True:
+                try:
+                    urllib.request.urlopen(f"{url}/object_info", timeout=5).read()
+                    break
+                except OSError:
+                    if process.poll() is not None or time.time() > deadline:
+                        raise ComfyUIServerError(f"ComfyUI did not start:\n{(base / 'server.log').read_text()[-3000:]}")
+                    time.sleep(0.5)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
