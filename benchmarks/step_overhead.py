@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 FULL_SDXL = {"model_channels": 320, "channel_mult": [1, 2, 4]}
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
 def build(args):
@@ -41,9 +42,8 @@ def build(args):
     from support import seeded_weights, tiny_resampler_config
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    patcher = small_sdxl(**(FULL_SDXL if args.full else {}))
-    patcher.model.to(dtype)
+    dtype = getattr(torch, DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "fp32")])
+    patcher = small_sdxl(dtype=dtype, **(FULL_SDXL if args.full else {}))
     patcher.load_device = device
     unet = patcher.model.diffusion_model.state_dict()
     layers = unet_attention_layers_from_state_dict({k: tuple(v.shape) for k, v in unet.items()})
@@ -105,21 +105,48 @@ def time_eager(steps, rounds, device):
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def time_cuda_graph(steps, rounds):
+def peak_step_memory(steps):
+    """Peak CUDA memory of one step per variant, bytes (weights and K/V caches included: they stay allocated)."""
     import torch
 
-    graphs = {}
+    peaks = {}
     with torch.no_grad():
         for name, fn in steps.items():
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                fn(), fn()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fn()
-            graphs[name] = graph
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            fn()
+            torch.cuda.synchronize()
+            peaks[name] = torch.cuda.max_memory_allocated()
+    return peaks
+
+
+def capture_cuda_graph(fn):
+    """`fn` captured in a CUDA graph after two warm-up runs on a side stream (kernels chosen, caches filled)."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn(), fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph
+
+
+def time_cuda_graph(steps, rounds):
+    """Median replay time per variant; a variant that cannot be captured gets its error instead of a time."""
+    import torch
+
+    graphs, errors = {}, {}
+    with torch.no_grad():
+        for name, fn in steps.items():
+            try:
+                graphs[name] = capture_cuda_graph(fn)
+            except Exception as e:  # report, don't hide: the other variants and the eager numbers still stand
+                errors[name] = f"{type(e).__name__}: {e}"
+                torch.cuda.synchronize()
     samples = {name: [] for name in graphs}
     for _ in range(rounds):
         for name in random.sample(list(graphs), len(graphs)):
@@ -130,7 +157,7 @@ def time_cuda_graph(steps, rounds):
             end.record()
             end.synchronize()
             samples[name].append(start.elapsed_time(end) / 1000)
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return {name: statistics.median(v) for name, v in samples.items()}, errors
 
 
 def main(argv=None) -> int:
@@ -139,38 +166,42 @@ def main(argv=None) -> int:
     parser.add_argument("--full", action="store_true", help="full-size SDXL UNet (use on a GPU)")
     parser.add_argument("--res", type=int, default=256, help="image resolution (latent = res/8)")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="UNet dtype (default fp16 on CUDA, fp32 on CPU)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "step_overhead.json"))
     args = parser.parse_args(argv)
     import torch
 
     steps, device, extra_bytes = build(args)
     eager = time_eager(steps, args.rounds, device)
-    graph = None
-    if device.type == "cuda":
-        try:
-            graph = time_cuda_graph(steps, args.rounds)
-        except Exception as e:  # report, don't hide: the eager numbers still stand
-            graph = {"error": f"{type(e).__name__}: {e}"}
+    peaks = peak_step_memory(steps) if device.type == "cuda" else {}
+    graph, graph_errors = ({}, {}) if device.type != "cuda" else time_cuda_graph(steps, args.rounds)
+    graph_ok = "baseline" in graph
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device: {name}, {'full' if args.full else 'small'} SDXL-shaped UNet, {args.res}x{args.res}, CFG batch 2, "
-          f"{args.rounds} interleaved rounds")
-    print(f"{'variant':<18} {'eager ms':>9} {'ratio':>7}" + (f" {'graph ms':>9} {'ratio':>7}" if graph and "error" not in graph else ""))
+          f"{args.rounds} interleaved rounds, torch {torch.__version__}")
+    print(f"{'variant':<18} {'eager ms':>9} {'ratio':>7}" + (f" {'graph ms':>9} {'ratio':>7}" if graph_ok else ""))
     for variant in steps:
         line = f"{variant:<18} {eager[variant] * 1000:9.1f} {eager[variant] / eager['baseline']:7.3f}"
-        if graph and "error" not in graph:
-            line += f" {graph[variant] * 1000:9.2f} {graph[variant] / graph['baseline']:7.3f}"
+        if graph_ok:
+            line += (f" {graph[variant] * 1000:9.2f} {graph[variant] / graph['baseline']:7.3f}" if variant in graph
+                     else f" {'failed':>9}")
         print(line)
-    if graph and "error" in graph:
-        print(f"CUDA graph timing failed: {graph['error']}")
-    result = {"benchmark": "step_overhead", "device": name, "full_size": args.full, "res": args.res, "rounds": args.rounds,
-              "eager_s": eager, "cuda_graph_s": graph, "image_projection_bytes": extra_bytes,
-              "ratios_eager": {k: v / eager["baseline"] for k, v in eager.items()}}
+    for variant, error in graph_errors.items():
+        print(f"CUDA graph capture failed for {variant}: {error}")
+    result = {"benchmark": "step_overhead", "device": name, "torch": torch.__version__, "full_size": args.full,
+              "res": args.res, "rounds": args.rounds, "eager_s": eager, "cuda_graph_s": graph,
+              "cuda_graph_errors": graph_errors, "image_projection_bytes": extra_bytes, "peak_step_bytes": peaks,
+              "ratios_eager": {k: v / eager["baseline"] for k, v in eager.items()},
+              "ratios_cuda_graph": {k: v / graph["baseline"] for k, v in graph.items()} if graph_ok else {}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"extra weights of the patched model: {extra_bytes / 2**20:.1f} MiB (to_k_ip/to_v_ip; LoRA is merged)")
-    best = graph if graph and "error" not in graph else eager
+    for variant, peak in peaks.items():
+        print(f"peak memory of a step, {variant}: {peak / 2**30:.2f} GiB ({(peak - peaks['baseline']) / 2**20:+.0f} MiB)")
+    timed = "CUDA graph" if graph_ok and {"1 char", "2 char"} <= set(graph) else "eager"
+    best = graph if timed == "CUDA graph" else eager
     print(f"step_overhead: {best['1 char'] / best['baseline']:.3f}x (1 character), {best['2 char'] / best['baseline']:.3f}x "
-          f"(2 characters) vs plain SDXL step ({'CUDA graph' if best is graph else 'eager'}, {name})")
+          f"(2 characters) vs plain SDXL step ({timed}, {name})")
     return 0
 
 

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else \
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (Linux)
         trainable = sum(p.numel() for p in trainer.raw_model.parameters())
-        unet = sum(p.numel() for p in trainer.components.unet.parameters()) - trainable
+        unet = sum(p.numel() for p in trainer.components.unet.parameters() if not p.requires_grad)
     step = statistics.median(times)
     result = {
         "samples_per_s": args.batch_size / step, "median_step_s": step, "mean_step_s": statistics.fmean(times),

@@ -101,8 +101,11 @@ class StoryMakerApply:
                 raise ValueError(f"StoryMaker's LoRA did not find {len(lora) - len(added)} weights in the model, e.g. {missing}.")
         bar.update(1)
         sampling = patched.get_model_object("model_sampling")
-        settings = ImageBranchSettings(ip_scale=ip_scale, sigma_start=float(sampling.percent_to_sigma(start_at)),
-                                       sigma_end=float(sampling.percent_to_sigma(end_at)),
+        # The whole range is "always on" (inf, 0), not percent_to_sigma's 999999999.9: then the patch never
+        # reads the step's sigma back from the device, so a sampling step stays free of host syncs.
+        sigma_start = float("inf") if start_at <= 0 else float(sampling.percent_to_sigma(start_at))
+        sigma_end = 0.0 if end_at >= 1 else float(sampling.percent_to_sigma(end_at))
+        settings = ImageBranchSettings(ip_scale=ip_scale, sigma_start=sigma_start, sigma_end=sigma_end,
                                        region_masks=_region_masks([mask_1, mask_2, mask_3], embeds.num_characters),
                                        tokens_per_group=embeds.cond.shape[1])
         projections = storymaker.projections(layers)

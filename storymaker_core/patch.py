@@ -82,7 +82,10 @@ class StoryMakerAttention:
         self._step_sigmas, self._step_active = None, True
 
     def is_active(self, extra_options: dict) -> bool:
-        """Inside [start_at, end_at] of sampling? Decided once per step (all layers share one sigmas tensor)."""
+        """Inside [start_at, end_at] of sampling? Decided once per step (all layers share one sigmas tensor).
+
+        The full range (inf, 0) never looks at sigma: no host sync, so the step can be captured in a CUDA graph.
+        """
         settings = self.settings
         if settings.ip_scale == 0:
             return False

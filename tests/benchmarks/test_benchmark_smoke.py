@@ -32,13 +32,35 @@ def test_prepare_cost_runs_and_prints_a_summary(tmp_path):
     assert result["per_scene_reencoding_s"] == 0.0 and result["attn2_cached_call_s"] > 0
 
 
-@pytest.mark.comfyui
-def test_step_overhead_runs_and_prints_a_summary(tmp_path):
+def comfyui_path():
     comfyui = os.environ.get("COMFYUI_PATH")
     if not comfyui:
         pytest.skip("COMFYUI_PATH is not set: step_overhead runs ComfyUI in library mode")
+    return comfyui
+
+
+@pytest.mark.comfyui
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])  # fp16 is what the GPU run uses
+def test_step_overhead_runs_and_prints_a_summary(tmp_path, dtype):
     out = tmp_path / "step.json"
-    lines = run("step_overhead.py", "--comfyui", comfyui, "--rounds", "2", "--res", "128", "--out", str(out))
+    lines = run("step_overhead.py", "--comfyui", comfyui_path(), "--rounds", "2", "--res", "64", "--dtype", dtype,
+                "--out", str(out))
     assert lines[-1].startswith("step_overhead: ") and "x (1 character)" in lines[-1], lines[-1]
     result = json.loads(out.read_text())
     assert result["ratios_eager"]["baseline"] == 1.0 and len(result["eager_s"]) == 6
+
+
+@pytest.mark.comfyui
+def test_gpu_checks_script_runs_every_benchmark(tmp_path):
+    """The one-call GPU script, in its small dry-run form: three benchmarks, three summaries, their JSON."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("accelerate")
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_checks.sh"), comfyui_path(), str(tmp_path)],
+                            capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "GPU_CHECKS_QUICK": "1", "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr[-3000:]
+    summaries = [line for line in result.stdout.splitlines()[-3:]]
+    assert [s.split(":")[0] for s in summaries] == ["step_overhead", "train_throughput", "train_throughput"], summaries
+    for name in ("step_overhead", "train_throughput_b1", "train_throughput_b8"):
+        assert json.loads((tmp_path / f"{name}.json").read_text())
+    assert "torch" in (tmp_path / "environment.txt").read_text()

@@ -144,6 +144,8 @@ def test_all_seventy_keys_middle_included_and_existing_replace_chained(setup):
     (patched,) = pack.nodes.apply.StoryMakerApply().apply(base, adapter, embeds, 0.8, 0.0, 0.0, 1.0)
     replaces = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert len(replaces) == 70 and ("middle", 0, 9) in replaces and ("middle", 1, 0) not in replaces
+    settings = replaces[("input", 4, 0)].shared.settings
+    assert (settings.sigma_start, settings.sigma_end) == (float("inf"), 0.0)  # full range: no sigma read per step
     assert replaces[("middle", 0, 3)].previous is other
     assert base.model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 3)] is other
     g = torch.Generator().manual_seed(6)

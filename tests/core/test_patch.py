@@ -123,3 +123,19 @@ def test_to_returns_the_patch_and_moves_projections(parts):
     patch = LayerPatch(StoryMakerAttention(ImageProjections(weights), cond, uncond, ImageBranchSettings()), KEY)
     assert patch.to(torch.device("cpu")) is patch and patch.to(torch.float16) is patch
     assert patch.shared.projections.to_k_ip["input_4_0"].dtype == torch.float32
+
+
+class _UnreadableSigmas:
+    """A sigmas stand-in that fails if the patch reads it (a read is a device->host sync on a GPU)."""
+
+    def max(self):
+        raise AssertionError("the full start/end range must not read sigma")
+
+
+def test_full_range_never_reads_sigma(parts):
+    weights, cond, uncond, (q, k, v) = parts
+    patch = LayerPatch(StoryMakerAttention(ImageProjections(weights), cond, uncond,
+                                           ImageBranchSettings(ip_scale=0.8, tokens_per_group=4)), KEY)
+    opts = dict(options([0]), sigmas=_UnreadableSigmas())
+    with_image = patch(q[:2], k[:2], v[:2], opts)
+    assert not torch.allclose(with_image, sdpa_attention(q[:2], k[:2], v[:2], HEADS))

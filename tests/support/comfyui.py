@@ -52,16 +52,18 @@ SMALL_SDXL = {
 }
 
 
-def small_sdxl(seed: int = 0, **overrides):
+def small_sdxl(seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
     """An SDXL-shaped model (SDXL's 70 transformer blocks, narrow channels) in a ModelPatcher, initialised.
 
-    Models built in code have uninitialised weights: every parameter is set explicitly here.
+    Models built in code have uninitialised weights: every parameter is set explicitly here. `dtype` is
+    given at construction: ComfyUI's UNet casts its input to the dtype it was built with, so a model moved
+    to another dtype afterwards would get inputs of the wrong one.
     """
     import comfy.model_patcher
     import comfy.supported_models
 
     config = comfy.supported_models.SDXL({**SMALL_SDXL, **overrides})
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, None)
     model = config.get_model({})
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
