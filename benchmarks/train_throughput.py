@@ -8,8 +8,10 @@ CLIP encoders, resampler, UNet with the StoryMaker processors, diffusion + atten
 AdamW) on random weights: `--full-size` builds SDXL's exact UNet (2.6 B), both text encoders' widths and
 depths, the SDXL VAE, a CLIP ViT-H/14 tower and the released resampler (rank-128 LoRA on 140 layers,
 0.83 B trainable), directly on the GPU. Data is a toy dataset written at the requested resolution. The
-first `--warmup` optimiser steps are not timed. Prints one summary line last
-(`train_throughput: X samples/s (peak Y GiB)`) and writes JSON to benchmarks/out/.
+first `--warmup` optimiser steps are not timed; the timed steps alternate with diffusion-only steps (the
+baseline: the attention loss's cost). Prints one summary line last
+(`train_throughput: X samples/s (peak Y GiB; step Zx diffusion loss only, interleaved)`) and writes JSON to
+benchmarks/out/.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ def build_config(args, manifest: Path, output: Path):
     })
 
 
+def timed_variants(trainer, args) -> dict:
+    """{name: attention-loss weight}: the configured step first, then its baseline (diffusion loss only,
+    the same trainer and data), unless there is nothing to compare or --no-baseline."""
+    weight = trainer.config.loss.attention_loss_weight
+    main = {"with attention loss" if weight > 0 else "diffusion loss only": weight}
+    return main if weight == 0 or args.no_baseline else {**main, "diffusion loss only": 0.0}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--full-size", action="store_true", help="SDXL's real shapes (needs a GPU with >= 40 GB)")
@@ -57,7 +67,11 @@ def main(argv=None) -> int:
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 128 full size, 8 tiny)")
     p.add_argument("--no-checkpointing", action="store_true", help="turn gradient checkpointing off")
     p.add_argument("--no-attention-loss", action="store_true", help="diffusion loss only (no attention maps)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip the interleaved diffusion-only steps that the attention loss's cost is measured against")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data-loader processes (default 2 on CUDA; 0 on the CPU, where they would take the cores "
+                        "the timed steps run on)")
     p.add_argument("--json", default=None, help="output JSON (default benchmarks/out/train_throughput*.json)")
     args = p.parse_args(argv)
 
@@ -67,6 +81,7 @@ def main(argv=None) -> int:
     args.resolution = args.resolution or (1024 if args.full_size else 128)
     args.steps = args.steps or (20 if args.full_size else 10)
     args.precision = args.precision or ("bf16" if cuda else "no")
+    args.workers = (2 if cuda else 0) if args.workers is None else args.workers
     if args.full_size and not cuda:
         print("warning: --full-size on CPU needs > 30 GB of RAM and takes minutes per step", file=sys.stderr)
 
@@ -83,10 +98,13 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        times, done = [], 0
-        total = args.warmup + args.steps
+        variants = timed_variants(trainer, args)
+        times, done = {name: [] for name in variants}, 0
+        total = args.warmup + args.steps * len(variants)
         while done < total:
             for batch in trainer._loader():
+                name = list(variants)[done % len(variants)]  # interleaved: drift hits both alike
+                trainer.config.loss.attention_loss_weight = variants[name]
                 start = time.perf_counter()
                 trainer.train_step(batch)
                 if cuda:
@@ -94,20 +112,25 @@ def main(argv=None) -> int:
                 if trainer.accelerator.sync_gradients:
                     done += 1
                     if done > args.warmup:
-                        times.append(time.perf_counter() - start)
+                        times[name].append(time.perf_counter() - start)
                 if done >= total:
                     break
             trainer.progress.epoch += 1
         peak = torch.cuda.max_memory_allocated() / 2 ** 30 if cuda else \
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB (Linux)
-        trainable = sum(p.numel() for p in trainer.raw_model.parameters())
+        trainable = sum(p.numel() for p in trainer.raw_model.parameters() if p.requires_grad)
         unet = sum(p.numel() for p in trainer.components.unet.parameters() if not p.requires_grad)
-    step = statistics.median(times)
+    main_name, *baseline = list(times)
+    step = statistics.median(times[main_name])
+    ratio = step / statistics.median(times[baseline[0]]) if baseline else None
     result = {
-        "samples_per_s": args.batch_size / step, "median_step_s": step, "mean_step_s": statistics.fmean(times),
+        "samples_per_s": args.batch_size / step, "median_step_s": step, "mean_step_s": statistics.fmean(times[main_name]),
+        "variant": main_name, "baseline": baseline[0] if baseline else None,
+        "baseline_median_step_s": statistics.median(times[baseline[0]]) if baseline else None,
+        "step_ratio_vs_baseline": ratio,
         "peak_gib": peak, "peak_kind": "torch.cuda.max_memory_allocated" if cuda else "process max RSS",
         "resolution": args.resolution, "batch_size": args.batch_size, "characters": args.characters,
-        "steps_timed": len(times), "warmup": args.warmup, "precision": args.precision, "full_size": args.full_size,
+        "steps_timed": len(times[main_name]), "warmup": args.warmup, "precision": args.precision, "full_size": args.full_size,
         "gradient_checkpointing": not args.no_checkpointing, "attention_loss": not args.no_attention_loss,
         "trainable_params": trainable, "frozen_unet_params": unet, "build_s": build_s,
         "device": torch.cuda.get_device_name() if cuda else platform.processor() or "cpu",
@@ -118,7 +141,8 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
-    print(f"train_throughput: {result['samples_per_s']:.3f} samples/s (peak {peak:.2f} GiB)")
+    against = f"; step {ratio:.3f}x {baseline[0]}, interleaved" if baseline else ""
+    print(f"train_throughput: {result['samples_per_s']:.3f} samples/s (peak {peak:.2f} GiB{against})")
     return 0
 
 
