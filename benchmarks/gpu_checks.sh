@@ -12,7 +12,7 @@
 set -uo pipefail
 comfyui=$(cd "$1" && pwd) || { echo "usage: $0 COMFYUI_DIR OUT_DIR [WHEELS_DIR]"; exit 2; }
 out=$(mkdir -p "$2" && cd "$2" && pwd)
-wheels=${3:-}
+wheels=${3:+$(cd "$3" && pwd)}
 python=${PYTHON:-python3}
 budget=${GPU_CHECKS_BUDGET_S:-540}  # seconds for the whole script; later steps are skipped, not cut short
 cd "$(dirname "$0")/.."
