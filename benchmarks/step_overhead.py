@@ -81,8 +81,10 @@ def build(args):
         opts = options(clone)
         return lambda: loaded.model.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options=opts)
 
-    extra = sum(p.numel() * p.element_size() for p in adapter.projections(layers).parameters())
-    return {name: step_fn(clone) for name, clone in variants.items()}, device, extra
+    host_bytes = sum(p.numel() * p.element_size() for p in adapter.projections(layers).parameters())
+    shared = {name: next(iter(clone.model_options["transformer_options"]["patches_replace"]["attn2"].values())).shared
+              for name, clone in variants.items() if clone is not None}
+    return {name: step_fn(clone) for name, clone in variants.items()}, device, host_bytes, shared
 
 
 def time_eager(steps, rounds, device):
@@ -171,8 +173,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    steps, device, extra_bytes = build(args)
+    steps, device, host_bytes, shared = build(args)
     eager = time_eager(steps, args.rounds, device)
+    device_bytes = {name: patch.cached_bytes() for name, patch in shared.items()}  # after the warm-up steps
     peaks = peak_step_memory(steps) if device.type == "cuda" else {}
     graph, graph_errors = ({}, {}) if device.type != "cuda" else time_cuda_graph(steps, args.rounds)
     graph_ok = "baseline" in graph
@@ -190,12 +193,13 @@ def main(argv=None) -> int:
         print(f"CUDA graph capture failed for {variant}: {error}")
     result = {"benchmark": "step_overhead", "device": name, "torch": torch.__version__, "full_size": args.full,
               "res": args.res, "rounds": args.rounds, "eager_s": eager, "cuda_graph_s": graph,
-              "cuda_graph_errors": graph_errors, "image_projection_bytes": extra_bytes, "peak_step_bytes": peaks,
+              "cuda_graph_errors": graph_errors, "image_projection_host_bytes": host_bytes, "image_kv_device_bytes": device_bytes, "peak_step_bytes": peaks,
               "ratios_eager": {k: v / eager["baseline"] for k, v in eager.items()},
               "ratios_cuda_graph": {k: v / graph["baseline"] for k, v in graph.items()} if graph_ok else {}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(f"extra weights of the patched model: {extra_bytes / 2**20:.1f} MiB (to_k_ip/to_v_ip; LoRA is merged)")
+    print(f"extra memory of the patched model: to_k_ip/to_v_ip {host_bytes / 2**20:.0f} MiB in host memory; on the "
+          f"{device.type} only the image K/V, {max(device_bytes.values()) / 2**20:.1f} MiB at most (LoRA is merged)")
     for variant, peak in peaks.items():
         print(f"peak memory of a step, {variant}: {peak / 2**30:.2f} GiB ({(peak - peaks['baseline']) / 2**20:+.0f} MiB)")
     timed = "CUDA graph" if graph_ok and {"1 char", "2 char"} <= set(graph) else "eager"

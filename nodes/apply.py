@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import weakref
-
 from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention
 from .common import CATEGORY, progress_bar
 
 
 class ComfyLayerPatch(LayerPatch):
-    """The core layer patch, computing attention with ComfyUI's kernel and managed by its model management."""
-
-    def __init__(self, shared, key, previous, projections_patcher):
-        super().__init__(shared, key, previous)
-        self.projections_patcher = projections_patcher
+    """The core layer patch, computing attention with ComfyUI's kernel."""
 
     def attention_function(self, extra_options):
         from comfy.ldm.modules.attention import optimized_attention
@@ -24,24 +18,6 @@ class ComfyLayerPatch(LayerPatch):
             return optimized_attention(q, k, v, heads, mask=mask, attn_precision=precision)
 
         return attention
-
-    def models(self):
-        return [self.projections_patcher]
-
-
-_PATCHERS = weakref.WeakKeyDictionary()  # projections module -> its ModelPatcher
-
-
-def _projections_patcher(projections):
-    """One ModelPatcher per projections module, so ComfyUI loads/offloads and counts it like a model."""
-    import comfy.model_management
-    import comfy.model_patcher
-
-    if projections not in _PATCHERS:
-        _PATCHERS[projections] = comfy.model_patcher.ModelPatcher(
-            projections, load_device=comfy.model_management.get_torch_device(),
-            offload_device=comfy.model_management.unet_offload_device())
-    return _PATCHERS[projections]
 
 
 def _region_masks(masks, num_characters):
@@ -108,14 +84,12 @@ class StoryMakerApply:
         settings = ImageBranchSettings(ip_scale=ip_scale, sigma_start=sigma_start, sigma_end=sigma_end,
                                        region_masks=_region_masks([mask_1, mask_2, mask_3], embeds.num_characters),
                                        tokens_per_group=embeds.cond.shape[1])
-        projections = storymaker.projections(layers)
-        shared = StoryMakerAttention(projections, embeds.cond, embeds.uncond, settings)
-        patcher = _projections_patcher(projections)
+        shared = StoryMakerAttention(storymaker.projections(layers), embeds.cond, embeds.uncond, settings)
         existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
         for layer in layers:
             if layer.is_cross_attention:
                 key = layer.patch_key
-                patched.set_model_attn2_replace(ComfyLayerPatch(shared, key, existing.get(key), patcher), *key)
+                patched.set_model_attn2_replace(ComfyLayerPatch(shared, key, existing.get(key)), *key)
         bar.update(1)
         return (patched,)
 

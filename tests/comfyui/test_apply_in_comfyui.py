@@ -146,6 +146,7 @@ def test_all_seventy_keys_middle_included_and_existing_replace_chained(setup):
     assert len(replaces) == 70 and ("middle", 0, 9) in replaces and ("middle", 1, 0) not in replaces
     settings = replaces[("input", 4, 0)].shared.settings
     assert (settings.sigma_start, settings.sigma_end) == (float("inf"), 0.0)  # full range: no sigma read per step
+    assert patched.model_patches_models() == []  # nothing for ComfyUI to load: the projections stay in host memory
     assert replaces[("middle", 0, 3)].previous is other
     assert base.model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 3)] is other
     g = torch.Generator().manual_seed(6)

@@ -65,7 +65,7 @@ def test_image_kv_is_computed_once_and_reused(parts, monkeypatch):
     projections = ImageProjections(weights)
     calls = []
     original = projections.project
-    monkeypatch.setattr(projections, "project", lambda key, tokens: calls.append(key) or original(key, tokens))
+    monkeypatch.setattr(projections, "project", lambda key, *args: calls.append(key) or original(key, *args))
     patch = LayerPatch(StoryMakerAttention(projections, cond, uncond, ImageBranchSettings(tokens_per_group=4)), KEY)
     for step in range(5):
         patch(q[:4], k[:4], v[:4], options([1, 0], sigma=10.0 - step))
@@ -139,3 +139,21 @@ def test_full_range_never_reads_sigma(parts):
     opts = dict(options([0]), sigmas=_UnreadableSigmas())
     with_image = patch(q[:2], k[:2], v[:2], opts)
     assert not torch.allclose(with_image, sdpa_attention(q[:2], k[:2], v[:2], HEADS))
+
+
+def test_image_kv_are_made_on_the_queries_device_and_the_weights_stay_put(parts):
+    """Only the K/V live on the compute device (here the meta device stands in for a GPU); the projection
+    weights stay in host memory however the host moves the model."""
+    weights, cond, uncond, (q, k, v) = parts
+    projections = ImageProjections({key: (kw.half(), vw.half()) for key, (kw, vw) in weights.items()})
+    shared = StoryMakerAttention(projections, cond, uncond, ImageBranchSettings(tokens_per_group=4))
+    patch = LayerPatch(shared, KEY)
+    assert patch.to(torch.device("meta")) is patch
+    kv = shared.image_kv(KEY, torch.device("meta"), torch.bfloat16)
+    assert all(t.device.type == "meta" and t.dtype == torch.bfloat16 and t.shape == (1, 12, HIDDEN)
+               for pair in kv.values() for t in pair)
+    assert {p.device.type for p in projections.parameters()} == {"cpu"}
+    assert {p.dtype for p in projections.parameters()} == {torch.float16}
+    ip_k, _ = shared.image_kv(KEY, torch.device("cpu"), torch.float32)[0]  # cond K from fp16-stored weights
+    expected = cond.flatten(0, 1).double() @ weights[KEY][0].half().double().T
+    measured("image K from fp16 weights vs float64", relative_error(ip_k[0], expected), 1e-6)
