@@ -7,15 +7,18 @@ from .common import CATEGORY, progress_bar
 
 
 class ComfyLayerPatch(LayerPatch):
-    """The core layer patch, computing attention with ComfyUI's kernel."""
+    """The core layer patch, computing attention with ComfyUI's kernels."""
 
     def attention_function(self, extra_options):
-        from comfy.ldm.modules.attention import optimized_attention
+        from comfy.ldm.modules.attention import attention_pytorch, optimized_attention
 
         precision = extra_options.get("attn_precision")
 
         def attention(q, k, v, heads, mask=None):
-            return optimized_attention(q, k, v, heads, mask=mask, attn_precision=precision)
+            if mask is not None:  # region masks: ComfyUI's sage kernel drops a mask and flash refuses one
+                return attention_pytorch(q, k, v, heads, mask=mask, attn_precision=precision)
+            # transformer_options: attention-switching nodes (optimized_attention_override) apply here too
+            return optimized_attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
 
         return attention
 

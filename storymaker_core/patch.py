@@ -16,6 +16,7 @@ through the layer's `to_out`. The patch adds the image branch:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -25,6 +26,23 @@ from torch import Tensor, nn
 from .attention import AttentionFn, batch_for_chunks, decoupled_attention, region_attention_bias, sdpa_attention
 
 POSITIVE, NEGATIVE = 0, 1
+logger = logging.getLogger(__name__)
+_REPORTED_CHUNKS: set = set()  # chunk indices beyond 0/1 already logged
+
+
+def image_token_roles(cond_or_uncond: Sequence[int]) -> tuple:
+    """Which tokens each CFG chunk gets: chunk index 0 the characters', every other index the negative ones.
+
+    ComfyUI numbers chunks by their place in the guider's cond list: CFG sends [0 positive, 1 negative];
+    PerpNeg adds 2 (the empty prompt, an unconditional baseline); DualCFG sends 0 negative, 1 middle,
+    2 positive, a layout the index alone cannot tell apart, so it gets the same rule (logged once per layout).
+    """
+    extra = tuple(sorted({i for i in cond_or_uncond if i not in (POSITIVE, NEGATIVE)}))
+    if extra and extra not in _REPORTED_CHUNKS:
+        _REPORTED_CHUNKS.add(extra)
+        logger.warning("StoryMaker: the sampler sends CFG chunks %s beyond positive/negative; they get the "
+                       "negative image tokens, only chunk 0 gets the characters", list(extra))
+    return tuple(POSITIVE if i == POSITIVE else NEGATIVE for i in cond_or_uncond)
 
 
 def patch_key_name(key: tuple) -> str:
@@ -118,7 +136,8 @@ class StoryMakerAttention:
         cache_key = (key, str(q.device), q.dtype, tuple(layout), q.shape[0])
         if cache_key not in self._batched:
             kv = self.image_kv(key, q.device, q.dtype)
-            self._batched[cache_key] = tuple(batch_for_chunks({kind: pair[i] for kind, pair in kv.items()}, layout,
+            roles = image_token_roles(layout)
+            self._batched[cache_key] = tuple(batch_for_chunks({kind: pair[i] for kind, pair in kv.items()}, roles,
                                                               q.shape[0]) for i in (0, 1))
         return self._batched[cache_key]
 

@@ -98,7 +98,7 @@ def reference_unet(layers, ip_adapter, embeds, layout, ip_scale, lora_scale, reg
     return unet
 
 
-@pytest.mark.parametrize("layout", [[1, 0], [0], [0, 1]])
+@pytest.mark.parametrize("layout", [[1, 0], [0], [0, 1], [0, 1, 2]])  # [0, 1, 2]: PerpNegGuider
 def test_patched_model_equals_the_reference(setup, layout):
     pack, model, layers, adapter, embeds, state = setup
     apply = pack.nodes.apply.StoryMakerApply()
@@ -201,3 +201,28 @@ def test_region_masks_inside_comfyui_equal_the_reference(setup):
                    x, sigma, context, y, [1, 0])
     measured("ComfyUI-patched small SDXL UNet with region masks vs reference", relative_error(ours, reference), 1e-4)
     assert relative_error(unmasked, reference) > 1e-4  # the masks do change the output
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_overrides_reach_the_patch_and_masked_calls_use_sdpa(setup, masked):
+    """An attention-switching node's override (e.g. sage) runs our text and image calls; a masked image call
+    goes to ComfyUI's SDPA kernel instead, because sage drops masks and flash refuses them."""
+    pack, model, layers, adapter, embeds, state = setup
+    keys_seen = []
+
+    def override(func, q, k, v, heads, *args, **kwargs):
+        keys_seen.append(k.shape[1])
+        return func(q, k, v, heads, *args, **kwargs)
+
+    base = model.clone()
+    base.model_options["transformer_options"]["optimized_attention_override"] = override
+    left = torch.zeros(1, 128, 128)
+    left[..., :64] = 1
+    masks = {"mask_1": left, "mask_2": 1 - left} if masked else {}
+    (patched,) = pack.nodes.apply.StoryMakerApply().apply(base, adapter, embeds, 0.8, 0.0, 0.0, 1.0, **masks)
+    g = torch.Generator().manual_seed(7)
+    run(patched, torch.randn(2, 4, 16, 16, generator=g), torch.full((2,), 1.0), torch.randn(2, 77, 2048, generator=g),
+        torch.randn(2, 2816, generator=g), [1, 0])
+    image_tokens = embeds.cond.shape[0] * embeds.cond.shape[1]
+    assert keys_seen.count(77) == 70  # the text branch of every attn2
+    assert keys_seen.count(image_tokens) == (0 if masked else 70)

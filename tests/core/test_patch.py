@@ -157,3 +157,15 @@ def test_image_kv_are_made_on_the_queries_device_and_the_weights_stay_put(parts)
     ip_k, _ = shared.image_kv(KEY, torch.device("cpu"), torch.float32)[0]  # cond K from fp16-stored weights
     expected = cond.flatten(0, 1).double() @ weights[KEY][0].half().double().T
     measured("image K from fp16 weights vs float64", relative_error(ip_k[0], expected), 1e-6)
+
+
+def test_chunks_beyond_positive_and_negative_get_the_negative_tokens(parts, caplog):
+    """PerpNeg sends cond_or_uncond [0, 1, 2] (positive, negative, empty): no crash, chunk 2 is unconditional."""
+    weights, cond, uncond, (q, k, v) = parts
+    shared = StoryMakerAttention(ImageProjections(weights), cond, uncond, ImageBranchSettings(ip_scale=0.7, tokens_per_group=4))
+    with caplog.at_level("WARNING"):
+        out = LayerPatch(shared, KEY)(q, k, v, options([0, 1, 2]))
+    rows = [cond] * 2 + [uncond] * 4  # 6 rows = 3 chunks of 2
+    measured("attn2 patch, cond_or_uncond=[0, 1, 2], vs float64 reference",
+             relative_error(out, reference(weights, rows, q, k, v, 0.7)), 1e-5)
+    assert "[2]" in caplog.text and "negative image tokens" in caplog.text
