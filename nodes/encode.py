@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from ..storymaker_core.characters import CharacterError
+from ..storymaker_core.characters import CharacterError, blend_characters
 from ..storymaker_core.encode import encode_characters
 from .common import CATEGORY, numpy_to_images, progress_bar
 
@@ -16,9 +14,10 @@ def clip_features(clip_vision, crops):
 
 
 def with_clip_features(character, clip_vision):
-    """The character with CLIP features (computed now if it has none; blend partners too)."""
+    """The character with CLIP features (computed now if it has none; every side of a blend too)."""
     if character.blend_with is not None:
-        character = replace(character, blend_with=with_clip_features(character.blend_with, clip_vision))
+        return blend_characters(with_clip_features(character.blend_base, clip_vision),
+                                with_clip_features(character.blend_with, clip_vision), character.blend_weight)
     if character.character_clip is not None and character.face_clip is not None:
         return character
     if clip_vision is None:

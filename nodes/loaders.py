@@ -85,7 +85,30 @@ class StoryMakerSAMLoader:
         from ..storymaker_core.segment import PersonSegmenter
 
         path = folder_paths.get_full_path_or_raise("sams", sam_file)
-        return (PersonSegmenter(path, device=comfy.model_management.get_torch_device()),)
+        return (ManagedSegmenter(PersonSegmenter(path, device=comfy.model_management.unet_offload_device())),)
+
+
+class ManagedSegmenter:
+    """SAM under ComfyUI's model management: loaded onto the GPU only to segment, counted with the other
+    models and offloaded when they need the memory (SAM ViT-H is 2.5 GB)."""
+
+    def __init__(self, segmenter):
+        import comfy.model_management
+        import comfy.model_patcher
+
+        import torch
+
+        self.segmenter = segmenter
+        self.module = torch.nn.ModuleDict({"sam": segmenter.model})  # ModelPatcher sets .device; Sam's is read-only
+        self.patcher = comfy.model_patcher.ModelPatcher(self.module,
+                                                        load_device=comfy.model_management.get_torch_device(),
+                                                        offload_device=comfy.model_management.unet_offload_device())
+
+    def segment(self, *args, **kwargs):
+        import comfy.model_management
+
+        comfy.model_management.load_model_gpu(self.patcher)
+        return self.segmenter.segment(*args, **kwargs)
 
 
 NODE_CLASS_MAPPINGS = {"StoryMakerLoader": StoryMakerLoader, "StoryMakerInsightFaceLoader": StoryMakerInsightFaceLoader,

@@ -34,13 +34,20 @@ class Character:
     face_image: Optional[np.ndarray] = None  # uint8 [R, 224, 224, 3]: aligned face (R references)
     character_clip: Optional[Tensor] = None  # [257, 1280] CLIP penultimate hidden states, mean over R
     face_clip: Optional[Tensor] = None  # [257, 1280] same for the face crops
-    blend_with: Optional["Character"] = field(default=None, repr=False)  # interpolate tokens towards it
-    blend_weight: float = 0.0  # 0 = this character, 1 = blend_with
+    # A blend: tokens = lerp(tokens(blend_base), tokens(blend_with), blend_weight); either side may be a blend.
+    blend_with: Optional["Character"] = field(default=None, repr=False)
+    blend_weight: float = 0.0  # 0 = blend_base, 1 = blend_with
+    blend_base: Optional["Character"] = field(default=None, repr=False)  # the first character, as given
 
     @property
     def is_encoded(self) -> bool:
-        own = self.character_clip is not None and self.face_clip is not None
-        return own and (self.blend_with is None or self.blend_with.is_encoded)
+        return all(m.character_clip is not None and m.face_clip is not None for m in self.members())
+
+    def members(self) -> list:
+        """The plain (unblended) characters this one is made of: itself, or every leaf of its blends."""
+        if self.blend_with is None:
+            return [self]
+        return self.blend_base.members() + self.blend_with.members()
 
     def with_clip(self, character_clip: Tensor, face_clip: Tensor) -> "Character":
         return replace(self, character_clip=character_clip, face_clip=face_clip)
@@ -98,7 +105,7 @@ def blend_characters(a: Character, b: Character, weight: float) -> Character:
     """A character between `a` (weight 0) and `b` (weight 1); blended at token level when encoded."""
     if not 0.0 <= weight <= 1.0:
         raise CharacterError(f"blend weight must be within 0..1, got {weight}")
-    return replace(a, name=f"{a.name}~{b.name}@{weight:g}", blend_with=b, blend_weight=float(weight))
+    return replace(a, name=f"{a.name}~{b.name}@{weight:g}", blend_with=b, blend_weight=float(weight), blend_base=a)
 
 
 def save_character(path: str, character: Character, metadata: Optional[dict] = None) -> None:

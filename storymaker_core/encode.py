@@ -46,6 +46,15 @@ def _raw_tokens(resampler: StoryMakerResampler, characters: Sequence[Character],
                                       zero_character=zero_character)
 
 
+def _blended_tokens(resampler: StoryMakerResampler, character: Character, face_only: bool) -> Tensor:
+    """`[20, D]` of a character; a blend is the lerp of its two sides' tokens, each side maybe a blend too."""
+    if character.blend_with is None:
+        return _raw_tokens(resampler, [character], face_only)[0]
+    return interpolate_character_tokens(_blended_tokens(resampler, character.blend_base, face_only),
+                                        _blended_tokens(resampler, character.blend_with, face_only),
+                                        character.blend_weight)
+
+
 @torch.no_grad()
 def encode_characters(resampler: StoryMakerResampler, characters: Sequence[Character],
                       face_only: Union[bool, Sequence[bool]] = False) -> StoryMakerEmbeds:
@@ -54,15 +63,12 @@ def encode_characters(resampler: StoryMakerResampler, characters: Sequence[Chara
     if not 1 <= len(characters) <= limit:
         raise CharacterError(f"StoryMaker takes 1 to {limit} characters; got {len(characters)}.")
     for character in characters:
-        for member in (character, character.blend_with):
-            if member is not None:
-                _check_features(member, resampler.config.clip_dim, resampler.config.id_dim)
+        for member in character.members():
+            _check_features(member, resampler.config.clip_dim, resampler.config.id_dim)
     tokens = _raw_tokens(resampler, characters, face_only)
     for i, character in enumerate(characters):
         if character.blend_with is not None:
-            flag = face_only if isinstance(face_only, bool) else face_only[i]
-            other = _raw_tokens(resampler, [character.blend_with], flag)[0]
-            tokens[i] = interpolate_character_tokens(tokens[i], other, character.blend_weight)
+            tokens[i] = _blended_tokens(resampler, character, face_only if isinstance(face_only, bool) else face_only[i])
     cond = resampler.assemble(tokens)
     uncond = resampler.uncond_tokens(len(characters), num_clip_tokens=characters[0].character_clip.shape[0])
     return StoryMakerEmbeds(cond=cond.float().cpu(), uncond=uncond.float().cpu(), names=[c.name for c in characters])

@@ -54,26 +54,41 @@ def model_type_from_name(path: str) -> Optional[str]:
     return f"vit_{m.group(1)}" if m else None
 
 
-def model_type_from_weights(path: str) -> str:
-    """Read the image encoder's width from the checkpoint (memory-mapped: nothing else is loaded)."""
+def load_sam_state_dict(path: str) -> dict:
+    """A SAM state dict from `.safetensors` or a `.pth` of plain tensors (never unpickles code)."""
     import torch
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if str(path).lower().endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a readable SAM checkpoint"
         raise SamCheckpointError(f"{path}: cannot be read as a SAM checkpoint ({str(e).splitlines()[0]}). The file "
-                                 f"is truncated or not a .pth state dict: download it again. {CHECKPOINTS_HINT}") from e
+                                 f"is truncated or not a state dict of tensors: download it again. "
+                                 f"{CHECKPOINTS_HINT}") from e
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
-    weight = state.get(ENCODER_KEY) if isinstance(state, dict) else None
-    if weight is None:
+    if not isinstance(state, dict) or ENCODER_KEY not in state:
         raise SamCheckpointError(f"{path}: has no '{ENCODER_KEY}', so it is not a Segment Anything (v1) "
                                  f"checkpoint. {CHECKPOINTS_HINT}")
-    width = int(weight.shape[0])
+    return state
+
+
+def model_type_from_state_dict(state: dict, path: str) -> str:
+    """The image encoder's width says which SAM it is."""
+    width = int(state[ENCODER_KEY].shape[0])
     if width not in ENCODER_WIDTHS:
         raise SamCheckpointError(f"{path}: image encoder width {width} is none of SAM's ViT-B/L/H "
                                  f"({sorted(ENCODER_WIDTHS)}).")
     return ENCODER_WIDTHS[width]
+
+
+def model_type_from_weights(path: str) -> str:
+    """Read the image encoder's width from the checkpoint (memory-mapped for `.pth`)."""
+    return model_type_from_state_dict(load_sam_state_dict(path), path)
 
 
 def detect_model_type(path: str) -> str:
@@ -94,7 +109,11 @@ def _check_box(box_xyxy: Sequence[float], hw: tuple) -> np.ndarray:
 
 
 class PersonSegmenter:
-    """`segment(image, box) -> bool [H, W]`: SAM's best-scoring of its three masks for a box prompt."""
+    """`segment(image, box) -> bool [H, W]`: SAM's best-scoring of its three masks for a box prompt.
+
+    `model` is the torch module: a host may move it between devices (ComfyUI loads it onto the GPU only
+    while it segments); the predictor follows wherever it is.
+    """
 
     def __init__(self, checkpoint: str, model_type: Optional[str] = None, device="cpu"):
         checkpoint = str(checkpoint)
@@ -103,16 +122,18 @@ class PersonSegmenter:
         if model_type is not None and model_type not in MODEL_TYPES:
             raise ValueError(f"model_type must be one of {MODEL_TYPES} (or None to detect it), got {model_type!r}")
         registry, predictor_cls = _import_sam()
-        self.model_type = model_type or detect_model_type(checkpoint)
+        state = load_sam_state_dict(checkpoint)
+        self.model_type = model_type or model_type_from_name(checkpoint) or model_type_from_state_dict(state, checkpoint)
         self.checkpoint = checkpoint
+        sam = registry[self.model_type](checkpoint=None)
         try:
-            sam = registry[self.model_type](checkpoint=checkpoint)
+            sam.load_state_dict(state)
         except RuntimeError as e:  # a state dict of another size: "size mismatch for ..."
             raise SamCheckpointError(f"{checkpoint}: does not fit SAM {self.model_type} "
                                      f"({str(e).splitlines()[0][:200]}). Pass the right model_type or rename the "
                                      f"file (sam_vit_b/l/h_...).") from e
-        self.device = device
-        self.predictor = predictor_cls(sam.to(device).eval())
+        self.model = sam.to(device).eval()
+        self.predictor = predictor_cls(self.model)
 
     def segment(self, image_rgb_uint8: np.ndarray, box_xyxy: Sequence[float], image_name: str = "image") -> np.ndarray:
         """RGB uint8 `[H, W, 3]` and a box in pixels -> bool mask `[H, W]`."""

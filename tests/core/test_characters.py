@@ -169,3 +169,20 @@ def test_person_box_covers_the_face_and_stays_inside_the_image():
     assert box[0] >= 0 and box[2] <= 399
     edge = person_box_from_face(np.array([0, 0, 100, 120]), (300, 300))
     assert edge[0] == 0 and edge[1] == 0 and edge[2] == 299
+
+
+def test_nested_blends_keep_every_character(resampler):
+    """(A~B)~C and C~(A~B): each side's tokens are its own blend, independently recomputed here."""
+    a, b, c = encoded("a", 30), encoded("b", 31), encoded("c", 32)
+    with torch.no_grad():
+        raw = {x.name: resampler.character_tokens(x.id_embedding[None], x.character_clip[None], x.face_clip[None])[0]
+               for x in (a, b, c)}
+        lerp = lambda x, y, w: (1 - w) * x + w * y
+        ab = lerp(raw["a"], raw["b"], 0.4)
+        left = encode_characters(resampler, [blend_characters(blend_characters(a, b, 0.4), c, 0.25)]).cond
+        right = encode_characters(resampler, [blend_characters(c, blend_characters(a, b, 0.4), 0.25)]).cond
+        assert torch.allclose(left, resampler.assemble(lerp(ab, raw["c"], 0.25)[None]), atol=1e-5)
+        assert torch.allclose(right, resampler.assemble(lerp(raw["c"], ab, 0.25)[None]), atol=1e-5)
+        plain_ac = encode_characters(resampler, [blend_characters(a, c, 0.25)]).cond
+        assert not torch.allclose(left, plain_ac, atol=1e-3)  # B is not dropped
+    assert [m.name for m in blend_characters(c, blend_characters(a, b, 0.4), 0.25).members()] == ["c", "a", "b"]

@@ -73,3 +73,20 @@ def test_errors_say_what_to_do(tmp_path, vit_b_checkpoint, monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_sam)
     with pytest.raises(SegmentAnythingNotInstalledError, match="pip install segment-anything"):
         PersonSegmenter(str(vit_b_checkpoint))
+
+
+def test_safetensors_checkpoints_load_without_unpickling(vit_b_checkpoint, tmp_path):
+    from safetensors.torch import save_file
+
+    state = torch.load(vit_b_checkpoint, weights_only=True)
+    converted = tmp_path / "person.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(converted))
+    image = np.random.default_rng(2).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    from_safetensors = PersonSegmenter(str(converted))
+    assert from_safetensors.model_type == "vit_b"  # from the weights: the name does not say
+    assert np.array_equal(from_safetensors.segment(image, [6, 4, 40, 36]),
+                          PersonSegmenter(str(vit_b_checkpoint)).segment(image, [6, 4, 40, 36]))
+    not_sam = tmp_path / "sam_vit_b_other.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(not_sam))
+    with pytest.raises(SamCheckpointError, match="not a Segment Anything"):
+        PersonSegmenter(str(not_sam))
