@@ -55,19 +55,29 @@ class StoryMakerCharacterFromImage:
         for i, rgb in enumerate(images):
             label = f"image #{i + 1}" if len(images) > 1 else "image"
             face = insightface.select_face(rgb, image_name=label, index=face_index)
-            char_mask = mask_row(mask, i, "mask")
-            if char_mask is None:
+            char_mask = _usable_mask(mask_row(mask, i, "mask"), rgb, name)
+            if char_mask is None and clothing_rgb is None:  # the clothing image replaces the masked crop
                 if sam is None:
                     raise ValueError(f"{name}: connect a MASK of the character, or a Segment Anything model (sam input) "
                                      f"so the character can be segmented automatically.")
                 char_mask = sam.segment(rgb, person_box_from_face(face.bbox, rgb.shape[:2])).astype(np.float32)
             references.append(character_from_reference(rgb, char_mask, face.kps, face.embedding, name=name,
                                                        clothing=clothing_rgb, image_name=label, mask_name="mask"))
-            masks.append(torch.from_numpy(np.asarray(char_mask, np.float32)))
+            masks.append(torch.from_numpy(np.asarray(char_mask if char_mask is not None else
+                                                     np.zeros(rgb.shape[:2]), np.float32)))
             bar.update(1)
         character = combine_references(references, name)
         return (character, numpy_to_images(character.character_image), numpy_to_images(character.face_image),
                 torch.stack(masks))
+
+
+def _usable_mask(mask, rgb, name):
+    """The MASK row, refusing LoadImage's stand-in for an image without alpha (64x64 zeros) with what to do."""
+    if mask is not None and mask.shape == (64, 64) != rgb.shape[:2] and not mask.any():
+        raise ValueError(f"{name}: the mask is LoadImage's empty 64x64 placeholder (the image has no alpha channel). "
+                         f"Load the character's mask with LoadImageMask, paint it in the mask editor, or connect a "
+                         f"Segment Anything model instead.")
+    return mask
 
 
 class StoryMakerBlendCharacters:

@@ -53,14 +53,28 @@ class Character:
         return replace(self, character_clip=character_clip, face_clip=face_clip)
 
 
-def character_from_reference(image: np.ndarray, mask: np.ndarray, kps: np.ndarray, id_embedding: np.ndarray,
+def character_from_reference(image: np.ndarray, mask: Optional[np.ndarray], kps: np.ndarray, id_embedding: np.ndarray,
                              name: str = "character", clothing: Optional[np.ndarray] = None,
                              image_name: str = "image", mask_name: str = "mask") -> Character:
     """Crops and identity of one character in one reference photo (RGB uint8 image, [H, W] mask).
 
     With `clothing`, a clothing-only image replaces the character crop (clothing swap); the face and the
-    identity still come from the photo.
+    identity still come from the photo, and no mask is needed.
     """
+    if clothing is not None:
+        crop = clothing_crop(clothing)
+    elif mask is None:
+        raise CharacterError(f"{name}: {image_name} needs a {mask_name} of the character (or a clothing image).")
+    else:
+        crop = character_crop(image, _checked_mask(mask, image, kps, image_name, mask_name), image_name=image_name,
+                              mask_name=mask_name)
+    return Character(name=name, id_embedding=torch.as_tensor(np.asarray(id_embedding, np.float32)).flatten(),
+                     kps=np.asarray(kps, np.float32), character_image=crop[None],
+                     face_image=face_crop(image, kps, image_name=image_name)[None])
+
+
+def _checked_mask(mask: np.ndarray, image: np.ndarray, kps: np.ndarray, image_name: str, mask_name: str) -> np.ndarray:
+    """uint8 `[H, W]` mask of the image's size that covers the chosen face."""
     mask_u8 = mask_to_uint8(mask, mask_name)
     if mask_u8.shape != np.asarray(image).shape[:2]:
         raise PreprocessError(f"{mask_name} is {mask_u8.shape[1]}x{mask_u8.shape[0]} but {image_name} is "
@@ -68,14 +82,15 @@ def character_from_reference(image: np.ndarray, mask: np.ndarray, kps: np.ndarra
                               f"image's size.")
     x, y = np.round(np.asarray(kps, np.float64)[:3].mean(axis=0)).astype(int)  # between the eyes and nose
     h, w = mask_u8.shape
-    if mask_u8.any() and not mask_u8[min(max(y, 0), h - 1), min(max(x, 0), w - 1)]:
+    at_face = mask_u8[min(max(y, 0), h - 1), min(max(x, 0), w - 1)]
+    if mask_u8.any() and not at_face:
+        if (mask_u8 < 128).mean() < 0.5:  # mostly white but not at the face: the mask is most likely inverted
+            raise CharacterError(f"{mask_name} looks inverted: it is white around the face found in {image_name} "
+                                 f"(near x={x}, y={y}) and black on it. The character must be white; a MASK from "
+                                 f"LoadImage is 1 - alpha (white where the PNG is transparent): add an InvertMask node.")
         raise CharacterError(f"the face found in {image_name} (near x={x}, y={y}) is outside {mask_name}: the mask "
                              f"belongs to someone else, or the wrong face was picked (try another face_index).")
-    crop = clothing_crop(clothing) if clothing is not None else character_crop(image, mask_u8, image_name=image_name,
-                                                                                mask_name=mask_name)
-    return Character(name=name, id_embedding=torch.as_tensor(np.asarray(id_embedding, np.float32)).flatten(),
-                     kps=np.asarray(kps, np.float32), character_image=crop[None],
-                     face_image=face_crop(image, kps, image_name=image_name)[None])
+    return mask_u8
 
 
 def combine_references(references: list, name: str) -> Character:

@@ -139,11 +139,29 @@ def _raise_on_mismatch(tensors: Mapping[str, Tensor], expected: Mapping[str, tup
     raise StoryMakerWeightsError(f"{what}:{details}\n{hint}")
 
 
+def _failed_download(path: str) -> None:
+    """Name the usual failed downloads (an LFS pointer, a web page, other bytes) before any parser sees them."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    again = "download the file again (the release's mask.bin is 3.32 GB)"
+    if head.startswith(b"version https://git-lfs"):
+        raise StoryMakerWeightsError(f"{path}: a Git LFS pointer ({size} bytes), not the weights: {again}, e.g. with "
+                                     f"the 'download' button on Hugging Face or `git lfs pull`.")
+    if head.lstrip()[:1] == b"<" and (b"<html" in head.lower() or b"<!doctype" in head.lower()):
+        raise StoryMakerWeightsError(f"{path}: a web page ({size} bytes; a login or error page saved in place of "
+                                     f"the file), not the weights: {again}.")
+    if not path.endswith(".safetensors") and not head.startswith((b"PK\x03\x04", b"\x80")):
+        raise StoryMakerWeightsError(f"{path}: not a torch checkpoint ({size} bytes; neither a zip archive nor a "
+                                     f"pickle): {again}.")
+
+
 def read_state_dict(path: str) -> dict:
     """Read a `.bin`/`.pt`/`.ckpt` pickle (tensors only) or a `.safetensors` file into a dict."""
     if not os.path.isfile(path):
         raise StoryMakerWeightsError(f"{path}: no such file. Put StoryMaker weights (mask.bin or a converted "
                                      f".safetensors) in ComfyUI/models/storymaker/.")
+    _failed_download(path)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file

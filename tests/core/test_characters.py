@@ -52,12 +52,21 @@ def test_face_outside_the_mask_is_a_clear_error(photo):
         character_from_reference(photo, mask[:100], KPS, np.ones(512))
 
 
+def test_an_inverted_mask_is_named_as_such(photo, person_mask):
+    with pytest.raises(CharacterError, match="looks inverted.*InvertMask"):
+        character_from_reference(photo, 1 - person_mask, KPS, np.ones(512))
+
+
 def test_clothing_replaces_the_character_crop_only(photo, person_mask):
     clothing = np.full((300, 200, 3), (200, 30, 30), np.uint8)
     swapped = character_from_reference(photo, person_mask, KPS, np.ones(512), clothing=clothing)
     normal = character_from_reference(photo, person_mask, KPS, np.ones(512))
     assert np.all(swapped.character_image[0] == (200, 30, 30))
     assert np.array_equal(swapped.face_image, normal.face_image)
+    unmasked = character_from_reference(photo, None, KPS, np.ones(512), clothing=clothing)  # no mask needed
+    assert np.array_equal(unmasked.character_image, swapped.character_image)
+    with pytest.raises(CharacterError, match="needs a mask"):
+        character_from_reference(photo, None, KPS, np.ones(512))
 
 
 def test_face_crop_comes_from_the_original_photo_not_the_white_composite(photo):

@@ -211,3 +211,17 @@ def test_flat_safetensors_layout_round_trips(tmp_path, small_bin):
     assert all(k.startswith(("image_proj_model.", "ip_adapter.")) for k in keys)
     assert load_storymaker_weights(str(path), dim_head=16).info == weights.info
     assert os.path.getsize(path) > 0
+
+
+@pytest.mark.parametrize("name, content, says", [
+    ("mask.bin", b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 3320000000\n", "Git LFS pointer"),
+    ("mask.bin", b"\n<!DOCTYPE html><html><body>Sign in</body></html>", "a web page"),
+    ("storymaker.safetensors", b"<html><head><title>404</title></head></html>", "a web page"),
+    ("mask.bin", bytes(range(256)) * 4, "not a torch checkpoint"),
+])
+def test_failed_downloads_are_named_not_called_unsafe(tmp_path, name, content, says):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(StoryMakerWeightsError, match=f"{says}.*download the file again") as error:
+        load_storymaker_weights(str(path))
+    assert "could run code" not in str(error.value) and f"{len(content)} bytes" in str(error.value)

@@ -69,6 +69,11 @@ def test_character_without_mask_or_sam_says_what_to_connect(classes, progress):
     node = classes["StoryMakerCharacterFromImage"]()
     with pytest.raises(ValueError, match="connect a MASK of the character, or a Segment Anything model"):
         node.build(torch.rand(1, 96, 96, 3), OneFace(), "ava", 0)
+    with pytest.raises(ValueError, match="LoadImage's empty 64x64 placeholder.*LoadImageMask"):
+        node.build(torch.rand(1, 96, 96, 3), OneFace(), "ava", 0, mask=torch.zeros(1, 64, 64))
+    character, crops, _, masks = node.build(torch.rand(1, 96, 96, 3), OneFace(), "ava", 0,
+                                            clothing=torch.rand(1, 80, 60, 3))  # clothing swap: no mask needed
+    assert crops.shape == (1, 224, 224, 3) and masks.shape == (1, 96, 96) and not masks.any()
 
 
 def test_character_from_a_batch_of_references_with_progress(classes, progress):
