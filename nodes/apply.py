@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
+import torch
+
 from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention
 from .common import CATEGORY, progress_bar
+
+logger = logging.getLogger(__name__)
 
 
 class ComfyLayerPatch(LayerPatch):
@@ -32,7 +38,17 @@ def _region_masks(masks, num_characters):
             raise ValueError(f"mask_{i + 1} is connected but the embeds hold only {num_characters} character(s).")
         if float(m.max()) <= 0:
             raise ValueError(f"mask_{i + 1} is empty: paint the region where character {i + 1} should appear.")
-    return [None if m is None else (m if m.dim() == 2 else m[0]).float().cpu() for m in masks[:num_characters]]
+    return [None if m is None else _one_region(m, f"mask_{i + 1}") for i, m in enumerate(masks[:num_characters])]
+
+
+def _one_region(mask, name):
+    """`[H, W]` from a MASK `[H, W]` / `[B, H, W]` / `[B, 1, H, W]`: one region per character, for every image."""
+    region = mask.reshape(-1, *mask.shape[-2:]) if mask.dim() >= 2 else None
+    if region is None or mask.dim() > 4:
+        raise ValueError(f"{name}: expected a MASK [H, W] or [B, H, W], got shape {tuple(mask.shape)}.")
+    if region.shape[0] > 1 and not torch.equal(region, region[:1].expand_as(region)):
+        logger.warning("%s holds %d different masks; StoryMaker uses the first for every image.", name, region.shape[0])
+    return region[0].float().cpu()
 
 
 class StoryMakerApply:

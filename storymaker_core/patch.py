@@ -78,6 +78,16 @@ class ImageProjections(nn.Module):
         return tuple(tokens @ w.to(device).float().T for w in (self.to_k_ip[name], self.to_v_ip[name]))
 
 
+def _warn_if_stretched(region_masks: Sequence[Optional[Tensor]], latent_hw: tuple) -> None:
+    """Region masks are resized to the image: say so when that stretches them (a mask of another aspect)."""
+    image_aspect = latent_hw[1] / latent_hw[0]
+    for i, mask in enumerate(region_masks):
+        if mask is not None and abs(mask.shape[-1] / mask.shape[-2] / image_aspect - 1) > 0.05:
+            logger.warning("StoryMaker: region mask %d is %dx%d (width/height %.2f) but the image's width/height is "
+                           "%.2f: the mask is stretched to fit; draw it at the image's size.", i + 1, mask.shape[-1],
+                           mask.shape[-2], mask.shape[-1] / mask.shape[-2], image_aspect)
+
+
 @dataclass
 class ImageBranchSettings:
     ip_scale: float = 0.8
@@ -147,6 +157,8 @@ class StoryMakerAttention:
         h, w = extra_options["activations_shape"][-2:]
         cache_key = (h, w, str(q.device), q.dtype)
         if cache_key not in self._bias:
+            if not self._bias:
+                _warn_if_stretched(self.settings.region_masks, (h, w))
             self._bias[cache_key] = region_attention_bias(self.settings.region_masks, (h, w),
                                                           self.settings.tokens_per_group, q.device, q.dtype)
         return self._bias[cache_key]

@@ -166,6 +166,11 @@ def test_clear_errors_for_wrong_models_and_inputs(setup, comfy):
         apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_3=torch.ones(1, 8, 8))
     with pytest.raises(ValueError, match="mask_1 is empty"):
         apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_1=torch.zeros(1, 8, 8))
+    with pytest.raises(ValueError, match=r"mask_2: expected a MASK \[H, W\] or \[B, H, W\], got shape \(1, 1, 1, 8, 8\)"):
+        apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_2=torch.ones(1, 1, 1, 8, 8))
+    (four_d,) = apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_1=torch.ones(1, 1, 8, 6))
+    shared = next(iter(four_d.model_options["transformer_options"]["patches_replace"]["attn2"].values())).shared
+    assert shared.settings.region_masks[0].shape == (8, 6) and shared.settings.region_masks[1] is None
     import comfy.model_patcher
     import comfy.supported_models
 

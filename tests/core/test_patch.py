@@ -169,3 +169,15 @@ def test_chunks_beyond_positive_and_negative_get_the_negative_tokens(parts, capl
     measured("attn2 patch, cond_or_uncond=[0, 1, 2], vs float64 reference",
              relative_error(out, reference(weights, rows, q, k, v, 0.7)), 1e-5)
     assert "[2]" in caplog.text and "negative image tokens" in caplog.text
+
+
+def test_a_region_mask_of_another_aspect_is_reported_once(parts, caplog):
+    weights, cond, uncond, (q, k, v) = parts
+    square = torch.zeros(40, 40)
+    square[:, :20] = 1
+    settings = ImageBranchSettings(region_masks=[square, 1 - square], tokens_per_group=4)
+    patch = LayerPatch(StoryMakerAttention(ImageProjections(weights), cond, uncond, settings), KEY)
+    with caplog.at_level("WARNING"):
+        for _ in range(3):
+            patch(q[:2], k[:2], v[:2], options([0], hw=(3, 4)))  # a 3x4 latent: width/height 1.33
+    assert caplog.text.count("stretched") == 2  # masks 1 and 2, at the first step only
