@@ -103,8 +103,10 @@ def parse_manifest(data: Mapping[str, Any], path: str | Path, *, images_dir: str
     raw_images = data.get("images", data.get("scenes"))
     skipped: list[str] = []
     if isinstance(raw_images, Mapping):  # story-runner style: {scene_id: record}; unfinished ones lack 'file'
-        skipped = [str(k) for k, v in raw_images.items() if not (isinstance(v, Mapping) and v.get("file"))]
-        raw_images = [{"prompt_id": str(k), **v} for k, v in raw_images.items() if str(k) not in skipped]
+        removed = {str(k) for k, v in raw_images.items() if isinstance(v, Mapping) and v.get("status") == "removed"}
+        skipped = [str(k) for k, v in raw_images.items()  # removed from the story: not part of it, not reported
+                   if str(k) not in removed and not (isinstance(v, Mapping) and v.get("file"))]
+        raw_images = [{"prompt_id": str(k), **v} for k, v in raw_images.items() if str(k) not in set(skipped) | removed]
         if skipped:
             logger.warning("%s: %d scene(s) have no output 'file' yet and are not scored: %s",
                            where, len(skipped), ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra argument for the local ComfyUI's main.py (repeatable)")
     p.add_argument("--out", type=Path, default=Path("story"), help="output root; files go to OUT/<story name>/")
     p.add_argument("--check", action="store_true",
-                   help="upload references and validate every scene against the server(s); queue nothing")
+                   help="upload references and validate every scene against the server(s); queue nothing "
+                        "(exit code 2 when a server does not answer)")
     d = RunOptions()
     p.add_argument("--max-queue", type=int, default=d.max_queue, metavar="N",
                    help="give a server another scene only while its queue is shorter than N (default %(default)s)")
@@ -80,9 +81,11 @@ async def _run(args: argparse.Namespace) -> int:
     if args.check:
         async with _servers(args, runner) as servers:
             runner.servers = servers
-            await runner.check()
-        print(f"{runner.story.name}: all {len(runner.plans)} scene(s) fit {', '.join(runner.servers)}")
-        return 0
+            fit, dropped = await runner.check()
+        print(f"{runner.story.name}: all {len(runner.plans)} scene(s) fit {', '.join(fit)}")
+        for reason in dropped.values():  # a server that did not answer was not checked: not a pass
+            print(f"error: not checked: {reason}", file=sys.stderr)
+        return 2 if dropped else 0
     if runner.needs_server():
         async with _servers(args, runner) as servers:
             runner.servers = servers

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import re
 import unicodedata
@@ -17,11 +18,21 @@ from .errors import StoryFileError
 MAX_SEED = 2**64 - 1
 
 
-def slugify(text: str, max_len: int = 40) -> str:
-    """ASCII file-name-safe slug: ``"Alice at the café!"`` → ``alice-at-the-cafe``."""
+def _ascii_slug(text: str, max_len: int) -> str:
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     slug = re.sub(r"[^a-z0-9]+", "-", ascii_text.lower()).strip("-")
-    return slug[:max_len].rstrip("-") or "scene"
+    return slug[:max_len].rstrip("-")
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    """ASCII file-name-safe slug: ``"Alice at the café!"`` → ``alice-at-the-cafe``."""
+    return _ascii_slug(text, max_len) or "scene"
+
+
+def slug_or_hash(text: str, prefix: str, max_len: int = 40) -> str:
+    """``slugify``, or ``<prefix>-<8 hex of sha256>`` when nothing ASCII is left (Japanese, Russian, ...):
+    two different texts must not both become ``scene``, and the same text always gives the same slug."""
+    return _ascii_slug(text, max_len) or f"{prefix}-{hashlib.sha256(text.encode('utf-8')).hexdigest()[:8]}"
 
 
 def cast_name(cast: dict, name: str) -> str | None:
@@ -91,9 +102,17 @@ class Checker:
 
 
 def read_document(path: Path) -> Any:
-    """Parse YAML or JSON, turning syntax errors into ``StoryFileError`` with line and column."""
+    """Parse YAML or JSON, turning syntax errors into ``StoryFileError`` with line and column.
+
+    Files are UTF-8; a byte-order mark (Notepad, PowerShell) is accepted, any other encoding is a
+    story-file error that says how to fix it rather than a traceback.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise StoryFileError(path, f"line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); "
+                                   f"save the file as UTF-8") from None
     except OSError as exc:
         raise StoryFileError(path, f"cannot read the file ({exc.strerror or exc})") from None
     try:

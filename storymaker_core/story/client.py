@@ -146,7 +146,11 @@ class ComfyClient:
         return f"{subfolder}/{answer['name']}" if subfolder else str(answer["name"])
 
     async def queue_prompt(self, prompt: dict, prompt_id: str, label: str = "the prompt") -> dict:
-        """``POST /prompt`` with our own prompt id; HTTP 400 raises ``PromptRejected`` (node by node)."""
+        """``POST /prompt`` offering our own prompt id; HTTP 400 raises ``PromptRejected`` (node by node).
+
+        The answer's ``prompt_id`` is the one to follow: ComfyUI honours a client's id only since July
+        2025, older servers pick their own. A watch set up for our id is moved to the server's.
+        """
         body = {"prompt": prompt, "client_id": self.client_id, "prompt_id": prompt_id}
         status, raw = await self._request("POST", "/prompt", json=body, idempotent=False)
         try:
@@ -157,6 +161,9 @@ class ComfyClient:
             raise PromptRejected(self.url, answer, prompt, label)
         if status != 200 or not isinstance(answer, dict):
             raise ServerUnavailable(self.url, f"POST /prompt answered HTTP {status}: {str(answer)[:200]}")
+        answer["prompt_id"] = server_id = str(answer.get("prompt_id") or prompt_id)
+        if server_id != prompt_id and prompt_id in self._watches:
+            self._watches[server_id] = self._watches.pop(prompt_id)
         return answer
 
     async def history(self, prompt_id: str) -> dict | None:

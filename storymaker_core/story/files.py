@@ -7,6 +7,7 @@ one by hand: a different file already at the target name is kept and the new one
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import secrets
 from pathlib import Path
@@ -61,7 +62,7 @@ def _link_no_clobber(tmp: Path, target: Path) -> bool:
     except FileExistsError:
         return False
     except OSError:  # file system without hard links: check-then-rename, the best it allows
-        if target.exists():
+        if os.path.lexists(target):
             return False
         os.replace(tmp, target)
         return True
@@ -70,21 +71,19 @@ def _link_no_clobber(tmp: Path, target: Path) -> bool:
 def write_new_file(directory: Path, stem: str, suffix: str, data: bytes) -> Path:
     """Store ``data`` as ``stem+suffix`` (or the first free ``stem-vN+suffix``) and return the path.
 
-    An identical file already there is reused as is; a different one is never touched.
+    An identical file already there is reused as is; anything else with the name (a different file,
+    a folder, a broken symlink, a file that appeared meanwhile) is never touched: the next version is tried.
     """
     directory.mkdir(parents=True, exist_ok=True)
     digest = sha256_bytes(data)
     tmp = _temp_beside(directory / f"{stem}{suffix}", data)
     try:
-        version = 1
-        while True:
+        for version in itertools.count(1):
             target = directory / (f"{stem}{suffix}" if version == 1 else f"{stem}-v{version}{suffix}")
-            if target.is_file() and file_sha256(target) == digest:
-                return target
-            if not target.exists() and _link_no_clobber(tmp, target):
+            if not os.path.lexists(target) and _link_no_clobber(tmp, target):
                 _sync_dir(directory)
                 return target
-            if target.exists() and not (target.is_file() and file_sha256(target) == digest):
-                version += 1
+            if target.is_file() and file_sha256(target) == digest:
+                return target
     finally:
         tmp.unlink(missing_ok=True)

@@ -21,8 +21,10 @@ FORMAT = "storymaker-story-manifest"
 VERSION = 1
 log = logging.getLogger("storymaker.story")
 
-#: Scene states. ``queued``/``running`` keep their prompt id so a rerun can pick the result up.
+#: Scene states. ``queued``/``running`` keep their prompt id so a rerun can pick the result up;
+#: ``removed``: the scene is no longer in the story (its file, if any, is listed under ``superseded``).
 PENDING, QUEUED, RUNNING, DONE, FAILED = "pending", "queued", "running", "done", "failed"
+REMOVED = "removed"
 
 
 def now_iso() -> str:

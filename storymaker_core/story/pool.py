@@ -58,6 +58,10 @@ class ServerPool:
     def live(self) -> list[Server]:
         return [s for s in self.servers if s.alive]
 
+    def dropped(self) -> dict[str, str]:
+        """Servers given up on, with why: ``--check`` must not pass them off as fitting."""
+        return {s.url: s.reason for s in self.servers if not s.alive}
+
     def by_url(self, url: str | None) -> Server | None:
         if not url:
             return None

@@ -31,9 +31,10 @@ def _id_order(node_id: str):
     return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
 
 
-def output_image(entry: dict, prompt: dict, output_nodes: tuple[str, ...] = ()) -> dict:
-    """The first saved image (``{filename, subfolder, type}``) of a ``/history`` entry, looking at
-    ``output_nodes`` (or every node, by id). A failed prompt raises ``SceneFailed`` naming the node."""
+def output_images(entry: dict, prompt: dict, output_nodes: tuple[str, ...] = ()) -> list[dict]:
+    """The images (``{filename, subfolder, type}``) of the first node that saved any, looking at
+    ``output_nodes`` (or every node, by id): one, or a whole batch (``batch_size`` > 1). A failed prompt
+    raises ``SceneFailed`` naming the node."""
     status = entry.get("status") or {}
     for message in status.get("messages") or []:
         if isinstance(message, list) and len(message) == 2 and message[0] == "execution_error":
@@ -46,10 +47,17 @@ def output_image(entry: dict, prompt: dict, output_nodes: tuple[str, ...] = ()) 
         raise SceneFailed("the server reports that the prompt failed (no details in /history)")
     outputs = entry.get("outputs") or {}
     for node_id in output_nodes or sorted(outputs, key=_id_order):
-        for image in (outputs.get(node_id) or {}).get("images") or []:
-            if image.get("type", "output") == "output" and image.get("filename"):
-                return {k: image.get(k) or "" for k in ("filename", "subfolder", "type")}
+        images = [{k: image.get(k) or "" for k in ("filename", "subfolder", "type")}
+                  for image in (outputs.get(node_id) or {}).get("images") or []
+                  if image.get("type", "output") == "output" and image.get("filename")]
+        if images:
+            return images
     raise SceneFailed("the workflow saved no image (no output image in /history); does it end in SaveImage?")
+
+
+def output_image(entry: dict, prompt: dict, output_nodes: tuple[str, ...] = ()) -> dict:
+    """The first image ``output_images`` finds: the scene's image."""
+    return output_images(entry, prompt, output_nodes)[0]
 
 
 async def download_image(client: ComfyClient, image: dict, label: str, tries: int = 3) -> bytes:

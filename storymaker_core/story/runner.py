@@ -20,14 +20,15 @@ from .client import ComfyClient
 from .contact_sheet import write_contact_sheet
 from .errors import NoServerLeft, SceneTimeout, ServerUnavailable, StoryError
 from .files import file_sha256, sha256_bytes, write_new_file
-from .manifest import DONE, FAILED, PENDING, QUEUED, RUNNING, Manifest, now_iso
+from .manifest import DONE, FAILED, PENDING, QUEUED, REMOVED, RUNNING, Manifest, now_iso
 from .plan import ScenePlan, plan_story
 from .pool import Server, ServerPool
 from .progress import Progress
-from .results import download_image, output_image
+from .results import download_image, output_images
 from .schema import Story, load_story
 
 log = logging.getLogger("storymaker.story")
+_REMOVED_WHY = "the scene was removed from the story"
 
 
 @dataclass
@@ -73,6 +74,7 @@ class StoryRunner:
         self.progress = Progress(0, 0, enabled=False)
         self._triage: tuple[list, list, list] | None = None
         self._prompt_ids: dict[str, str] = {}  # scene id -> prompt id of its current try
+        self._stale: list[tuple[str, str]] = []  # (server, prompt id) queued by a run for a scene since changed
 
     def _pool(self) -> ServerPool:
         o = self.options
@@ -91,26 +93,22 @@ class StoryRunner:
         # the references, so `python -m storymaker_core.evaluate story/<name>` scores the story as it is
         m.set("cast", {c.name: {"image": str(c.image), **({"mask": str(c.mask)} if c.mask else {})}
                        for c in story.cast.values()})
+        self._retire_removed()
         done, refetch, render = [], [], []
         for plan in self.plans:
             rec = m.scene(plan.id)
+            if rec.get("status") == REMOVED:
+                self._restore(plan)
             same = rec.get("fingerprint") == plan.fingerprint
             if rec.get("status") == DONE and same:
-                path = self.story_dir / str(rec.get("file"))
-                if path.is_file() and file_sha256(path) == rec.get("sha256"):
-                    done.append(plan)
-                    continue
-                state = "does not match its recorded sha256 (edited or damaged?); it is kept and" \
-                    if path.exists() else "is missing;"
-                log.warning("scene %s: %s %s the scene is fetched again", plan.stem, path, state)
-                refetch.append(plan)
+                self._describe(plan)  # a renamed cast or a moved scene changes these, not the image
+                (done if self._verified(plan) else refetch).append(plan)
                 continue
             if rec.get("status") == DONE:
-                self._supersede(plan, "the story changed this scene")
+                self._supersede(plan.id, "the story changed this scene")
+            self._note_stale(rec, same)
             keep = rec.get("status") in (QUEUED, RUNNING) and same  # may still be on a server
-            m.update(plan.id, index=plan.scene.index, stem=plan.stem, prompt=plan.scene.prompt,
-                     characters=list(plan.characters), seed=plan.scene.seed, fingerprint=plan.fingerprint,
-                     workflow=str(plan.scene.workflow.path), **({} if keep else {"status": PENDING}))
+            self._describe(plan, fingerprint=plan.fingerprint, **({} if keep else {"status": PENDING}))
             render.append(plan)
         self._triage = (done, refetch, render)
         return self._triage
@@ -119,18 +117,68 @@ class StoryRunner:
         _, refetch, render = self.triage()
         return bool(refetch or render)
 
-    def _supersede(self, plan: ScenePlan, why: str) -> None:
+    def _describe(self, plan: ScenePlan, **fields) -> None:
+        """Bring the scene's record in line with the story (written only when something changed), so
+        the manifest stays an evaluation manifest of the story as it is now."""
         rec = self.manifest.scene(plan.id)
-        old = {k: rec.get(k) for k in ("file", "sha256", "fingerprint", "seed", "server", "prompt_id")}
-        self.manifest.update(plan.id, status=PENDING, file=None, sha256=None,
-                             superseded=rec.get("superseded", []) + [{**old, "why": why}])
+        fields = dict(index=plan.scene.index, stem=plan.stem, prompt=plan.scene.prompt,
+                      characters=list(plan.characters), seed=plan.scene.seed,
+                      workflow=str(plan.scene.workflow.path), **fields)
+        changed = {k: v for k, v in fields.items() if k not in rec or rec[k] != v}
+        if changed:
+            self.manifest.update(plan.id, **changed)
+
+    def _verified(self, plan: ScenePlan) -> bool:
+        """Whether a done scene's files (its image and the rest of its batch) still have their recorded
+        sha256; a warning says what is wrong with each that does not."""
+        damaged = [part for part in _parts(self.manifest.scene(plan.id)) if not self._intact(part)]
+        for part in damaged:
+            path = self.story_dir / str(part.get("file"))
+            state = "does not match its recorded sha256 (edited or damaged?); it is kept and" \
+                if path.exists() else "is missing;"
+            log.warning("scene %s: %s %s the scene is fetched again", plan.stem, path, state)
+        return not damaged
+
+    _KEPT = ("file", "sha256", "bytes", "output", "batch_files", "fingerprint", "seed", "server", "prompt_id")
+
+    def _supersede(self, scene_id: str, why: str, status: str = PENDING) -> None:
+        """Move a scene's file (if any) from ``file`` to ``superseded``: kept on disk, no longer its image."""
+        rec = self.manifest.scene(scene_id)
+        old = [{**{k: rec[k] for k in self._KEPT if rec.get(k) is not None}, "why": why}] if rec.get("file") else []
+        self.manifest.update(scene_id, status=status, file=None, sha256=None,
+                             superseded=rec.get("superseded", []) + old,
+                             **({"batch_files": None} if rec.get("batch_files") else {}))
+
+    def _retire_removed(self) -> None:
+        """Mark records of scenes no longer in the story ``removed``: `evaluate` must not score them."""
+        ids = {plan.id for plan in self.plans}
+        for scene_id, rec in list(self.manifest.scenes.items()):
+            if scene_id not in ids and rec.get("status") != REMOVED:
+                self._note_stale(rec, False)
+                self._supersede(scene_id, _REMOVED_WHY, REMOVED)
+
+    def _note_stale(self, rec: dict, same: bool) -> None:
+        """Remember a prompt still queued for a scene that changed: left there, it would render first."""
+        if rec.get("status") in (QUEUED, RUNNING) and not same and rec.get("server") and rec.get("prompt_id"):
+            self._stale.append((rec["server"], rec["prompt_id"]))
+
+    def _restore(self, plan: ScenePlan) -> None:
+        """A removed scene put back unchanged gets its last file back (then verified) instead of a render."""
+        rec = self.manifest.scene(plan.id)
+        last = (rec.get("superseded") or [{}])[-1]
+        if last.get("file") and last.get("fingerprint") == plan.fingerprint \
+                and last.get("why") == _REMOVED_WHY:
+            restored = {k: last[k] for k in self._KEPT if k in last}
+            self.manifest.update(plan.id, status=DONE, superseded=rec["superseded"][:-1], **restored)
 
     # -- running ------------------------------------------------------------------------------------
 
-    async def check(self) -> None:
-        """Upload references and validate every scene against every server; queue nothing."""
+    async def check(self) -> tuple[list[str], dict[str, str]]:
+        """Upload references and validate every scene against every server; queue nothing.
+        Returns the servers the story fits and those that did not answer (url -> why)."""
         async with self._pool() as pool:
             await pool.prepare(self.plans)
+            return [s.url for s in pool.live()], pool.dropped()
 
     async def run(self) -> RunReport:
         done, refetch, render = self.triage()
@@ -139,13 +187,14 @@ class StoryRunner:
         try:
             if refetch or render:
                 async with self._pool() as pool:
+                    await self._cancel_stale(pool)  # before validating: the manifest no longer lists them
                     await pool.prepare(refetch + render)
                     for plan in refetch:
                         if await self._refetch(pool, plan):
                             report.refetched.append(plan.stem)
                             self.progress.advance()
                         else:
-                            self._supersede(plan, "file did not match its sha256 and could not be fetched again")
+                            self._supersede(plan.id, "file did not match its sha256 and could not be fetched again")
                             render.append(plan)
                     render.sort(key=lambda p: p.scene.index)
                     await self._render_all(pool, render, report)
@@ -154,6 +203,16 @@ class StoryRunner:
         if self.options.contact_sheet:
             report.contact_sheet = self._contact_sheet()
         return report
+
+    async def _cancel_stale(self, pool: ServerPool) -> None:
+        """Take back the prompts of changed scenes from their servers (those in this run's pool)."""
+        stale: dict[str, list[str]] = {}
+        for url, prompt_id in self._stale:
+            if (server := pool.by_url(url)) is not None:
+                stale.setdefault(server.url, []).append(prompt_id)
+        for url, prompt_ids in stale.items():
+            log.info("taking back %d prompt(s) of changed scenes from %s", len(prompt_ids), url)
+            await pool.by_url(url).client.cancel(prompt_ids)
 
     async def _render_all(self, pool: ServerPool, plans: list[ScenePlan], report: RunReport) -> None:
         pending, running, tries = deque(plans), {}, Counter()
@@ -248,7 +307,8 @@ class StoryRunner:
                 self.manifest.update(plan.id, status=QUEUED, server=server.url, prompt_id=prompt_id,
                                      queued_at=now_iso(), started_at=None, error=None)
                 answer = await client.queue_prompt(server.adapt(plan.prompt), prompt_id, f"scene {plan.stem}")
-                self.manifest.update(plan.id, number=answer.get("number"))
+                prompt_id = self._prompt_ids[plan.id] = answer["prompt_id"]  # a server may ignore ours
+                self.manifest.update(plan.id, prompt_id=prompt_id, number=answer.get("number"))
             try:
                 entry, started = await client.wait(prompt_id, timeout=opts.scene_timeout,
                                                    poll_interval=opts.poll_interval, on_event=on_event)
@@ -260,18 +320,27 @@ class StoryRunner:
                     await client.cancel([prompt_id])
                 raise
             finished = time.time()
-            image = output_image(entry, plan.prompt, plan.output_nodes)
-            data = await download_image(client, image, f"scene {plan.stem}")
-            path = write_new_file(self.story_dir, plan.stem, Path(image["filename"]).suffix or ".png", data)
-            if path.stem != plan.stem:
-                log.warning("scene %s: a different file already has its name; kept it, saved %s", plan.stem, path.name)
-            self.manifest.update(plan.id, status=DONE, file=path.name, sha256=sha256_bytes(data), bytes=len(data),
-                                 output=image, finished_at=now_iso(), error=None, timings={
+            images = output_images(entry, plan.prompt, plan.output_nodes)
+            parts = [await self._download(client, image, stem, plan.stem)
+                     for image, stem in zip(images, _batch_stems(plan.stem, len(images)))]
+            if len(parts) > 1:
+                log.info("scene %s: a batch of %d images; the first is the scene's, the others are %s",
+                         plan.stem, len(parts), ", ".join(p["file"] for p in parts[1:]))
+            batch = {"batch_files": parts[1:]} if parts[1:] else {}
+            self.manifest.update(plan.id, status=DONE, **parts[0], **batch, finished_at=now_iso(), error=None, timings={
                                      "wait_s": round((started or finished) - queued, 3),
                                      "run_s": round(finished - started, 3) if started else None,
                                      "download_s": round(time.time() - finished, 3)})
         finally:
             bar.close()
+
+    async def _download(self, client: ComfyClient, image: dict, stem: str, scene: str) -> dict:
+        """Save one output image as ``stem`` (or its next free version); return its manifest entry."""
+        data = await download_image(client, image, f"scene {scene}")
+        path = write_new_file(self.story_dir, stem, Path(image["filename"]).suffix or ".png", data)
+        if path.stem != stem:
+            log.warning("scene %s: a different file already has its name; kept it, saved %s", scene, path.name)
+        return {"file": path.name, "sha256": sha256_bytes(data), "bytes": len(data), "output": image}
 
     @staticmethod
     async def _still_there(client: ComfyClient, prompt_id: str) -> bool:
@@ -281,20 +350,45 @@ class StoryRunner:
         return prompt_id in running | pending or await client.history(prompt_id) is not None
 
     async def _refetch(self, pool: ServerPool, plan: ScenePlan) -> bool:
-        """Download a finished scene again from the server that made it, if it still has the same bytes."""
+        """Download a finished scene's damaged files again if a server still has the same bytes: the one
+        that made it first, then every other live one (a ComfyUI the runner starts gets a new port each run
+        but keeps its output folder). Only the recorded sha256 is accepted: asking the wrong server is harmless."""
         rec = self.manifest.scene(plan.id)
-        server, image = pool.by_url(rec.get("server")), rec.get("output")
-        if server is None or not image:
-            return False
-        try:
-            data = await server.client.view(image["filename"], image.get("subfolder", ""), image.get("type", "output"))
-        except (ServerUnavailable, FileNotFoundError):
-            return False
-        if sha256_bytes(data) != rec.get("sha256"):
-            return False
-        path = write_new_file(self.story_dir, plan.stem, Path(image["filename"]).suffix or ".png", data)
-        self.manifest.update(plan.id, file=path.name, refetched_at=now_iso())
+        maker, parts = pool.by_url(rec.get("server")), _parts(rec)
+        servers = [s for s in [maker] if s] + [s for s in pool.live() if s is not maker]
+        names, source = [], None
+        for part, stem in zip(parts, _batch_stems(plan.stem, len(parts))):
+            if self._intact(part):
+                names.append(part["file"])
+                continue
+            found = await self._find(servers, part)
+            if found is None:
+                return False
+            source, data = found
+            image = part["output"]
+            names.append(write_new_file(self.story_dir, stem, Path(image["filename"]).suffix or ".png", data).name)
+        batch = [{**part, "file": name} for part, name in zip(parts[1:], names[1:])]
+        extra = {**({"batch_files": batch} if batch else {}), **({"server": source.url} if source else {})}
+        self.manifest.update(plan.id, file=names[0], refetched_at=now_iso(), **extra)
         return True
+
+    @staticmethod
+    async def _find(servers: list[Server], part: dict) -> tuple[Server, bytes] | None:
+        """The first server whose copy of the output has the recorded sha256, with those bytes."""
+        image = part.get("output") or {}
+        for server in servers if image.get("filename") else []:
+            try:
+                data = await server.client.view(image["filename"], image.get("subfolder", ""),
+                                                image.get("type", "output"))
+            except (ServerUnavailable, FileNotFoundError):
+                continue
+            if sha256_bytes(data) == part.get("sha256"):
+                return server, data
+        return None
+
+    def _intact(self, part: dict) -> bool:
+        path = self.story_dir / str(part.get("file"))
+        return path.is_file() and file_sha256(path) == part.get("sha256")
 
     def _contact_sheet(self) -> Path:
         cells = []
@@ -308,6 +402,16 @@ class StoryRunner:
         sheet = write_contact_sheet(cells, self.story_dir / "contact-sheet.png")
         self.manifest.set("contact_sheet", {"file": sheet.name, "sha256": file_sha256(sheet)})
         return sheet
+
+
+def _parts(rec: dict) -> list[dict]:
+    """A done scene's files, each ``{file, sha256, bytes, output}``: its image, then the rest of its batch."""
+    return [rec, *(rec.get("batch_files") or [])]
+
+
+def _batch_stems(stem: str, count: int) -> list[str]:
+    """``01-cafe``, ``01-cafe-b2``, ``01-cafe-b3``...: the scene's image first, then the rest of its batch."""
+    return [stem] + [f"{stem}-b{k}" for k in range(2, count + 1)]
 
 
 def run_story(story: Story | str | Path, servers: list[str], options: RunOptions | None = None) -> RunReport:

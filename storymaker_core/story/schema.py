@@ -8,15 +8,16 @@ a user fixes a story file in one pass instead of one error per run. The schema i
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .bindings import KNOWN_BINDINGS, Bindings, parse_bindings
-from .checker import MAX_SEED, Checker, cast_name, read_document, slugify
+from .checker import MAX_SEED, Checker, cast_name, read_document, slug_or_hash, slugify
 from .errors import StoryFileError
 
-__all__ = ["CastMember", "ImageValue", "Scene", "Story", "WorkflowSpec", "load_story", "slugify"]
+__all__ = ["CastMember", "ImageValue", "Scene", "Story", "WorkflowSpec", "default_seed", "load_story", "slugify"]
 SAMPLING_KEYS = ("steps", "cfg", "sampler_name", "scheduler", "denoise")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -67,6 +68,12 @@ class Story:
     base_seed: int = 0
 
 
+def default_seed(base_seed: int, scene_id: str) -> int:
+    """The seed of a scene without ``seed:``. Derived from its id, not its position, so inserting,
+    removing or reordering scenes leaves every other scene's seed (and image) as it was."""
+    return (base_seed + zlib.crc32(scene_id.encode("utf-8"))) % (MAX_SEED + 1)
+
+
 def _workflow(c: Checker, raw: Any, where: str, cast, story_bindings: Bindings) -> WorkflowSpec | None:
     if isinstance(raw, dict):
         if c.mapping(raw, where, ("file", "bindings"), ("file",)) is None or raw.get("file") is None:
@@ -78,13 +85,16 @@ def _workflow(c: Checker, raw: Any, where: str, cast, story_bindings: Bindings) 
     return WorkflowSpec(path, story_bindings.merged(extra), where) if path else None
 
 
-def _size(c: Checker, raw: Any, where: str) -> dict[str, int]:
+def _size(c: Checker, raw: Any, where: str, partial: bool = False) -> dict[str, int]:
+    """``[w, h]`` or ``{width, height}``; ``partial`` (a scene's) may give one key, overriding the story's."""
     if raw is None:
         return {}
     if isinstance(raw, list) and len(raw) == 2:
         raw = {"width": raw[0], "height": raw[1]}
-    if c.mapping(raw, where, ("width", "height"), ("width", "height")) is None:
+    if c.mapping(raw, where, ("width", "height"), () if partial else ("width", "height")) is None:
         return {}
+    if partial and not raw:
+        c.bad(where, "give width, height or both")
     size = {}
     for key in ("width", "height"):
         value = c.integer(raw.get(key), f"{where}.{key}", 16, 16384) if key in raw else None
@@ -153,7 +163,7 @@ def load_story(path: str | Path) -> Story:
         raise StoryFileError(path, c.problems)
     if doc.get("version", 1) != 1:
         c.bad("version", f"this runner reads version 1 story files; got {doc.get('version')!r}")
-    name = doc.get("name", slugify(path.stem))
+    name = doc.get("name", slug_or_hash(path.stem, "story"))
     if not isinstance(name, str) or not _NAME.match(name):
         c.bad("name", f"{name!r} must be letters, digits, '.', '_' or '-' (it names the folder story/<name>/)")
     cast = _cast(c, doc.get("cast") or [])
@@ -177,7 +187,7 @@ def load_story(path: str | Path) -> Story:
         if c.mapping(raw, where, _SCENE_KEYS, ("prompt",)) is None:
             continue
         prompt = c.string(raw.get("prompt"), f"{where}.prompt") if raw.get("prompt") is not None else None
-        scene_id = raw.get("id", slugify(" ".join(str(prompt or "").split()[:6])))
+        scene_id = raw.get("id", slug_or_hash(" ".join(str(prompt or "").split()[:6]), "scene"))
         if not isinstance(scene_id, (str, int)) or not str(scene_id).strip():
             c.bad(f"{where}.id", f"expected non-empty text; got {scene_id!r}")
             continue
@@ -191,9 +201,7 @@ def load_story(path: str | Path) -> Story:
         negative = raw.get("negative", story_negative)
         if negative is not None and not isinstance(negative, str):
             c.bad(f"{where}.negative", "expected text")
-        seed = c.integer(raw["seed"], f"{where}.seed") if "seed" in raw else base_seed + i
-        if seed is not None and seed > MAX_SEED:
-            c.bad(f"{where}.seed", f"base_seed + {i} = {seed} is above {MAX_SEED}")
+        seed = c.integer(raw["seed"], f"{where}.seed") if "seed" in raw else default_seed(base_seed, scene_id)
         characters = _scene_characters(c, raw.get("characters"), f"{where}.characters", cast)
         pose = c.file(raw["pose"], f"{where}.pose") if raw.get("pose") is not None else None
         declared = _custom_names(wf)
@@ -201,7 +209,7 @@ def load_story(path: str | Path) -> Story:
         # story-wide values go to the scenes whose workflow binds them (per-workflow bindings)
         scene_values = {**{k: v for k, v in values.items() if k in declared},
                         **_values(c, raw.get("values"), f"{where}.values", declared if wf else None)}
-        scene_size = {**size, **_size(c, raw.get("size"), f"{where}.size")}
+        scene_size = {**size, **_size(c, raw.get("size"), f"{where}.size", partial=True)}
         scene_sampling = {**sampling, **_sampling(c, raw.get("sampling"), f"{where}.sampling")}
         if prompt is None or wf is None or seed is None:
             continue

@@ -92,6 +92,8 @@ def test_story_runner_scene_mapping_and_cast_list(tmp_path, caplog):
             "dawn": {"state": "done", "file": "images/01-dawn.png", "prompt": "hero at dawn",
                      "characters": ["hero"], "seed": 5},
             "dusk": {"state": "failed", "prompt": "hero at dusk", "characters": ["hero"]},
+            "cut": {"status": "removed", "prompt": "a scene taken out of the story", "characters": ["hero"],
+                    "superseded": [{"file": "images/03-cut.png"}]},
         },
     }
     m = MF.parse_manifest(data, tmp_path / "manifest.json")

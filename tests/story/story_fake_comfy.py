@@ -3,7 +3,8 @@
 It "executes" a prompt by saving a small PNG whose colour is ``scene_color(seed, positive text)``, so a
 test can check that the right image landed in the right file. Faults: HTTP 400 with node_errors for
 one seed, an execution error for one seed, dropped websockets, a server killed after accepting N
-prompts, damaged ``/view`` answers, a paused queue, and foreign prompts occupying the queue.
+prompts, damaged ``/view`` answers, a paused queue, foreign prompts occupying the queue, and a server
+that picks its own prompt ids (ComfyUI before July 2025).
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class Faults:
     die_after_accepting: int | None = None  # kill the server right after accepting the Nth prompt
     corrupt_views: int = 0  # damage the next N /view answers
     external_load: int = 0  # foreign prompts that sit in queue_pending forever
+    own_prompt_ids: bool = False  # ignore the client's prompt_id, as ComfyUI did before July 2025
     steps: int = 3
     step_delay: float = 0.002
 
@@ -214,7 +216,7 @@ class FakeComfy:
                     "type": "value_bigger_than_max", "message": "Value 150.0 bigger than max of 100.0",
                     "details": "cfg", "extra_info": {"input_name": "cfg"}}],
                     "dependent_outputs": ["9"], "class_type": "KSampler"}}}, status=400)
-        prompt_id = body.get("prompt_id") or uuid.uuid4().hex
+        prompt_id = (None if self.faults.own_prompt_ids else body.get("prompt_id")) or uuid.uuid4().hex
         number = next(self._numbers)
         self.pending.append([number, prompt_id, prompt, {"client_id": body.get("client_id")}, []])
         self.accepted.append((prompt_id, prompt))
@@ -341,12 +343,16 @@ class FakeComfy:
                         "status_str": "error", "completed": False, "messages": messages + [["execution_error", error]]}}
                     return
         outputs = {}
+        batch = next((n["inputs"]["batch_size"] for n in prompt.values() if "batch_size" in n["inputs"]), 1)
         for node_id, node in prompt.items():
             if node["class_type"] == "SaveImage":
                 subfolder, _, base = node["inputs"]["filename_prefix"].rpartition("/")
-                filename = f"{base}_{next(self._files):05d}_.png"
-                self.outputs[(subfolder, filename)] = render_png(seed, text)
-                outputs[node_id] = {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}
+                images = []
+                for k in range(batch):  # image k of a batch is coloured as if rendered with seed + k
+                    filename = f"{base}_{next(self._files):05d}_.png"
+                    self.outputs[(subfolder, filename)] = render_png(seed + k, text)
+                    images.append({"filename": filename, "subfolder": subfolder, "type": "output"})
+                outputs[node_id] = {"images": images}
                 await self._send(client, "executed",
                                  {"node": node_id, "output": outputs[node_id], "prompt_id": prompt_id})
         self.history[prompt_id] = {"prompt": item, "outputs": outputs, "meta": {}, "status": {

@@ -61,6 +61,14 @@ def test_check_validates_without_queueing(comfy, make_story, tmp_path, capsys):
     assert server.requests["POST /prompt"] == 0
 
 
+def test_check_with_an_unreachable_server_fails_and_lists_only_live_ones(comfy, make_story, tmp_path, capsys):
+    server, dead = comfy.start(), "http://127.0.0.1:9"
+    assert cli(make_story(), tmp_path / "out", "--server", server.url, "--server", dead, "--check", "--quiet") == 2
+    captured = capsys.readouterr()
+    assert f"test-story: all 3 scene(s) fit {server.url}\n" in captured.out and dead not in captured.out
+    assert f"error: not checked: ComfyUI server {dead} is not answering" in captured.err
+
+
 def test_without_a_server_the_comfyui_around_the_pack_is_started_and_stopped(make_story, tmp_path, capsys):
     root = fake_comfyui(tmp_path / "ComfyUI")
     out = tmp_path / "out"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 
 from storymaker_core.story.files import atomic_write, file_sha256, sha256_bytes, write_new_file
 from storymaker_core.story.manifest import Manifest
@@ -24,6 +25,18 @@ def test_write_new_file_keeps_a_different_file_and_reuses_an_identical_one(tmp_p
 def test_write_new_file_skips_a_directory_in_the_way(tmp_path):
     (tmp_path / "01-scene.png").mkdir()
     assert write_new_file(tmp_path, "01-scene", ".png", b"x").name == "01-scene-v2.png"
+
+
+def test_write_new_file_skips_a_broken_symlink(tmp_path):
+    """A dangling link is not a file (exists() is False) but still holds the name: it used to loop forever."""
+    (tmp_path / "01-scene.png").symlink_to(tmp_path / "gone.png")
+    result = []
+    worker = threading.Thread(target=lambda: result.append(write_new_file(tmp_path, "01-scene", ".png", b"x")),
+                              daemon=True)
+    worker.start()
+    worker.join(5)
+    assert result and result[0].name == "01-scene-v2.png" and result[0].read_bytes() == b"x"
+    assert (tmp_path / "01-scene.png").is_symlink() and not (tmp_path / "gone.png").exists()
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):

@@ -12,14 +12,17 @@ import time
 import pytest
 import yaml
 from PIL import Image
-from story_fake_comfy import scene_color
+from story_fake_comfy import positive_text, scene_color
+from story_support import SCENES
 
 from storymaker_core.story.errors import NoServerLeft, ValidationFailed
 from storymaker_core.story.files import file_sha256
 from storymaker_core.story.runner import StoryRunner
+from storymaker_core.story.schema import default_seed
 from storymaker_core.story.server import free_port
 
 STEMS = ["01-morning", "02-street", "03-alice-reads-a-book-by-the"]
+SEEDS = [default_seed(100, "morning"), 7, default_seed(100, "alice-reads-a-book-by-the")]  # base_seed 100
 
 
 def run(path, servers, options, **changes):
@@ -54,7 +57,7 @@ def test_story_is_rendered_scene_by_scene(comfy, make_story, options, story_dir)
     report, runner = run(make_story(), [server], options)
     assert report.ok and sorted(report.rendered) == STEMS and report.skipped == []
     assert_scene_files(runner, {s: f"{s}.png" for s in STEMS})
-    assert [p["7"]["inputs"]["seed"] for _, p in server.accepted] == [100, 7, 102]  # story order
+    assert [p["7"]["inputs"]["seed"] for _, p in server.accepted] == SEEDS  # story order
     # the reference was uploaded once and each prompt's LoadImage names it
     (upload,) = runner.plans[0].uploads
     assert server.inputs == {upload.name: (story_dir / "refs" / "alice.png").read_bytes()}
@@ -92,8 +95,8 @@ def test_scenes_spread_over_servers_by_queue_length(comfy, make_story, options):
     report, runner = run(make_story(scenes=scenes), [a, b], options, max_queue=2)
     assert report.ok
     # s0 -> a (tie, first listed); s1 -> b (0 < 1); s2 -> a (tie); s3 -> b (1 < 2); s4 waits for a slot
-    assert [p["7"]["inputs"]["seed"] for _, p in a.accepted][:2] == [100, 102]
-    assert [p["7"]["inputs"]["seed"] for _, p in b.accepted][:2] == [101, 103]
+    assert [positive_text(p) for _, p in a.accepted][:2] == ["scene 0", "scene 2"]
+    assert [positive_text(p) for _, p in b.accepted][:2] == ["scene 1", "scene 3"]
     assert len(a.accepted) + len(b.accepted) == 5
     assert_scene_files(runner)
 
@@ -134,7 +137,7 @@ def test_http_400_node_errors_fail_only_that_scene(comfy, make_story, options):
 
 
 def test_execution_error_names_the_node(comfy, make_story, options):
-    server = comfy.start(fail_seed=100)
+    server = comfy.start(fail_seed=SEEDS[0])
     report, runner = run(make_story(), [server], options)
     assert report.failed == {"01-morning": "node 7 (KSampler) raised RuntimeError: CUDA out of memory (fake)"}
     assert sorted(report.rendered) == STEMS[1:]
@@ -175,7 +178,7 @@ def test_resume_after_interruption_skips_verified_scenes(comfy, make_story, opti
     second = comfy.start()
     report, runner = run(path, [second], options)
     assert report.skipped == STEMS[:2] and report.rendered == STEMS[2:]
-    assert [p["7"]["inputs"]["seed"] for _, p in second.accepted] == [102]
+    assert [p["7"]["inputs"]["seed"] for _, p in second.accepted] == SEEDS[2:]
     for stem, stat in done.items():  # untouched: same inode, same mtime
         now = (runner.story_dir / f"{stem}.png").stat()
         assert (now.st_ino, now.st_mtime_ns) == (stat.st_ino, stat.st_mtime_ns)
@@ -199,6 +202,22 @@ def test_damaged_local_file_is_kept_and_fetched_again(comfy, make_story, options
     assert "does not match its recorded sha256" in caplog.text
     assert_scene_files(runner, {STEMS[0]: "01-morning.png", STEMS[1]: "02-street-v2.png",
                                 STEMS[2]: f"{STEMS[2]}.png"})
+
+
+def test_damaged_file_is_fetched_from_a_restarted_server_on_another_port(comfy, make_story, options):
+    """A ComfyUI the runner starts has a new port each run but the same output folder."""
+    path = make_story()
+    first = comfy.start()
+    run(path, [first], options)
+    comfy.kill(first)
+    restarted = comfy.start()
+    restarted.outputs = dict(first.outputs)
+    story = options.out_dir / "test-story"
+    (story / "02-street.png").unlink()
+    report, runner = run(path, [restarted], options)
+    assert report.refetched == ["02-street"] and report.rendered == [] and restarted.accepted == []
+    assert manifest(runner)["scenes"]["street"]["server"] == restarted.url
+    assert_scene_files(runner)
 
 
 def test_damaged_file_is_rendered_again_when_the_server_lost_it(comfy, make_story, options):
@@ -231,8 +250,31 @@ def test_changed_scene_is_rendered_again_and_the_old_file_kept(comfy, make_story
     assert_scene_files(runner)
 
 
-def test_cancelled_run_leaves_queued_prompt_that_the_next_run_collects(comfy, make_story, options):
+def test_a_server_that_picks_its_own_prompt_ids_is_followed_by_them(comfy, make_story, options):
+    """ComfyUI before July 2025 ignores the client's prompt_id: the id it answers is the one to watch."""
+    server = comfy.start(own_prompt_ids=True)
+    report, runner = run(make_story(), [server], options, scene_timeout=2.0)
+    assert report.ok and sorted(report.rendered) == STEMS
+    scenes = manifest(runner)["scenes"]
+    assert [scenes[p.id]["prompt_id"] for p in runner.plans] == [pid for pid, _ in server.accepted]
+    assert all(scenes[p.id]["attempts"][-1]["prompt_id"] == scenes[p.id]["prompt_id"] for p in runner.plans)
+    assert_scene_files(runner)
+
+
+def test_inserting_removing_and_reordering_scenes_renders_only_the_new_scene(comfy, make_story, options):
+    """A scene without `seed:` keeps its seed (and image) wherever it moves in the story."""
     server = comfy.start()
+    run(make_story(), [server], options)
+    scenes = [{"id": "prologue", "prompt": "alice wakes up"}, SCENES[2], SCENES[0]]  # street removed
+    report, runner = run(make_story(scenes=scenes), [server], options)
+    assert report.rendered == ["01-prologue"] and len(server.accepted) == 4
+    assert report.skipped == ["02-alice-reads-a-book-by-the", "03-morning"]
+    assert_scene_files(runner)
+
+
+@pytest.mark.parametrize("own_prompt_ids", [False, True], ids=["client-ids", "server-ids"])
+def test_cancelled_run_leaves_queued_prompt_that_the_next_run_collects(comfy, make_story, options, own_prompt_ids):
+    server = comfy.start(own_prompt_ids=own_prompt_ids)
     comfy.call(server.pause)
     path = make_story()
 
@@ -292,3 +334,87 @@ def test_story_manifest_is_an_evaluation_manifest(comfy, make_story, options, st
     assert scored.references == {"alice": (story_dir / "refs" / "alice.png").resolve()}
     assert sorted(entry.file.name for entry in scored.images) == sorted(f"{s}.png" for s in STEMS)
     assert all(entry.characters == ("alice",) and entry.prompt and entry.seed is not None for entry in scored.images)
+
+
+def test_manifest_follows_story_edits_for_evaluation(comfy, make_story, options, story_dir):
+    """A renamed cast member and a removed scene change the manifest, not the images: `evaluate` reads
+    the new names and no longer scores the removed scene; put back unchanged, it is not rendered again."""
+    from storymaker_core.evaluate.manifest import load_manifest
+
+    server = comfy.start()
+    run(make_story(), [server], options)
+    report, runner = run(make_story(cast=[{"name": "Alicia", "image": "refs/alice.png"}]), [server], options)
+    assert report.skipped == STEMS and len(server.accepted) == 3
+    assert {e.characters for e in load_manifest(runner.story_dir).images} == {("Alicia",)}
+
+    scenes = [{"id": "intro", "prompt": "alice wakes up"}, SCENES[0], SCENES[1]]
+    report, runner = run(make_story(scenes=scenes), [server], options)
+    assert report.rendered == ["01-intro"] and report.skipped == ["02-morning", "03-street"]
+    rec = manifest(runner)["scenes"]["morning"]
+    assert (rec["index"], rec["stem"], rec["file"]) == (2, "02-morning", "01-morning.png")
+    assert rec["characters"] == ["alice"]
+    removed = manifest(runner)["scenes"]["alice-reads-a-book-by-the"]
+    assert removed["status"] == "removed" and removed["file"] is None
+    assert removed["superseded"][-1]["file"] == f"{STEMS[2]}.png" and (runner.story_dir / f"{STEMS[2]}.png").exists()
+    scored = load_manifest(runner.story_dir)
+    assert sorted(e.file.name for e in scored.images) == ["01-intro.png", "01-morning.png", "02-street.png"]
+
+    report, runner = run(make_story(), [server], options)  # the removed scene is back, unchanged
+    assert report.rendered == [] and report.skipped == STEMS and len(server.accepted) == 4
+    assert manifest(runner)["scenes"]["alice-reads-a-book-by-the"]["file"] == f"{STEMS[2]}.png"
+    assert_scene_files(runner)
+
+
+def interrupt_after(path, server, options, accepted: int):
+    """Run until the server accepted ``accepted`` prompts, then cancel the run as Ctrl-C does."""
+    async def interrupted():
+        task = asyncio.ensure_future(StoryRunner(path, [server.url], options).run())
+        while len(server.accepted) < accepted:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(interrupted())
+
+
+def test_prompts_queued_for_a_scene_that_changed_are_taken_back(comfy, make_story, options):
+    """Ctrl-C with scenes queued, fix the prompts, rerun: the old prompts must not render first."""
+    server = comfy.start()
+    comfy.call(server.pause)
+    path = make_story()
+    interrupt_after(path, server, options, 2)
+    stale = [pid for pid, _ in server.accepted]
+    scenes = [{**SCENES[0], "prompt": SCENES[0]["prompt"] + ", fixed"}]  # street (queued too) removed
+    comfy.hold_until([server], lambda: len(server.accepted) > 2)
+    report, runner = run(make_story(scenes=scenes), [server], options)
+    assert report.ok and report.rendered == ["01-morning"]
+    assert manifest(runner)["scenes"]["street"]["status"] == "removed"
+    assert not any(pid in server.history for pid in stale) and server.pending == []
+    assert server.requests["POST /queue"] == 1  # both taken back at once
+    assert_scene_files(runner)
+
+
+def test_every_image_of_a_batch_is_saved_and_verified(comfy, make_story, options, story_dir):
+    """batch_size 3: the first image is the scene's, the others are NN-scene-b2/-b3, recorded with sha256."""
+    from storymaker_core.evaluate.manifest import load_manifest
+
+    wf = json.loads((story_dir / "workflows" / "one.json").read_text())
+    wf["6"]["inputs"]["batch_size"] = 3
+    (story_dir / "workflows" / "batch.json").write_text(json.dumps(wf))
+    path, server = make_story(workflow="workflows/batch.json", scenes=SCENES[1:2]), comfy.start()
+    report, runner = run(path, [server], options)
+    assert report.ok and report.rendered == ["01-street"]
+    rec = manifest(runner)["scenes"]["street"]
+    assert rec["file"] == "01-street.png" and [b["file"] for b in rec["batch_files"]] == ["01-street-b2.png",
+                                                                                       "01-street-b3.png"]
+    for k, entry in enumerate(rec["batch_files"], 1):
+        assert entry["sha256"] == file_sha256(runner.story_dir / entry["file"])
+        assert color(runner.story_dir / entry["file"]) == scene_color(7 + k, SCENES[1]["prompt"])
+    assert [e.file.name for e in load_manifest(runner.story_dir).images] == ["01-street.png"]  # scored: one
+
+    (runner.story_dir / "01-street-b3.png").unlink()  # a damaged batch file is fetched again, not re-rendered
+    report, runner = run(path, [server], options)
+    assert report.refetched == ["01-street"] and len(server.accepted) == 1
+    assert color(runner.story_dir / "01-street-b3.png") == scene_color(9, SCENES[1]["prompt"])
+    report, runner = run(path, [server], options)
+    assert report.skipped == ["01-street"]
+    assert_scene_files(runner)

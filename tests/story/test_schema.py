@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from storymaker_core.story.errors import StoryFileError
-from storymaker_core.story.schema import load_story, slugify
+from storymaker_core.story.schema import default_seed, load_story, slugify
 
 
 def problems(path) -> list[str]:
@@ -25,7 +25,8 @@ def test_valid_story_is_loaded_with_defaults_resolved(make_story, story_dir):
     assert list(story.cast) == ["alice"]
     assert story.cast["alice"].image == (story_dir / "refs" / "alice.png").resolve()
     assert [s.id for s in story.scenes] == ["morning", "street", "alice-reads-a-book-by-the"]
-    assert [s.seed for s in story.scenes] == [100, 7, 102]  # base_seed + position, unless given
+    assert [s.seed for s in story.scenes] == [default_seed(100, "morning"), 7,  # from the id, unless given
+                                              default_seed(100, "alice-reads-a-book-by-the")]
     assert [s.index for s in story.scenes] == [1, 2, 3]
     first = story.scenes[0]
     assert first.size == {"width": 960, "height": 1280}
@@ -43,6 +44,16 @@ def test_scene_overrides_story_settings(make_story):
     assert scene.negative == "ugly"
     assert scene.size == {"width": 512, "height": 768}
     assert scene.characters == ("alice",)  # names match ignoring case; the cast's spelling is kept
+
+
+def test_scene_size_may_override_one_key(make_story):
+    story = load_story(make_story(size=[960, 1280], scenes=[
+        {"prompt": "x", "size": {"width": 768}}, {"prompt": "y", "size": {"height": 512}}, {"prompt": "z"}]))
+    assert [s.size for s in story.scenes] == [{"width": 768, "height": 1280}, {"width": 960, "height": 512},
+                                              {"width": 960, "height": 1280}]
+    assert problems(make_story(size={"width": 960})) == ["size.height: is required"]  # the story's: both
+    assert problems(make_story(scenes=[{"prompt": "x", "size": {}}])) == [
+        "scenes[0].size: give width, height or both"]
 
 
 def test_json_story_and_cast_mapping_form(story_dir):
@@ -77,11 +88,48 @@ def test_duplicate_scene_ids_ask_for_explicit_ids(make_story):
     assert found == ["scenes[1].id: 'the-same-words' is also the id of scenes[0]; give each scene its own `id:`"]
 
 
+def test_non_latin_prompts_and_file_names_get_distinct_default_ids_and_names(make_story, story_dir):
+    """Nothing ASCII is left of a Japanese or Russian prompt: the default id is a hash, not `scene` for all."""
+    for prompts in (["アリスが台所でコーヒーを飲む", "アリスが雨の街を歩く"], ["Алиса пьёт кофе", "Алиса гуляет под дождём"]):
+        story = load_story(make_story(scenes=[{"prompt": text} for text in prompts]))
+        ids = [scene.id for scene in story.scenes]
+        assert len(set(ids)) == 2 and all(i.startswith("scene-") for i in ids)
+        assert ids == [scene.id for scene in load_story(make_story(scenes=[{"prompt": t} for t in prompts])).scenes]
+    assert [s.id for s in load_story(make_story(scenes=[{"prompt": "Alice im Café"}])).scenes] == ["alice-im-cafe"]
+    text = make_story().read_text().replace("name: test-story\n", "")
+    names = []
+    for filename in ("物語.yaml", "Рассказ.yaml"):
+        (story_dir / filename).write_text(text, encoding="utf-8")
+        names.append(load_story(story_dir / filename).name)
+    assert names[0] != names[1] and all(n.startswith("story-") for n in names)
+
+
 def test_yaml_syntax_error_names_line_and_column(story_dir):
     path = story_dir / "broken.yaml"
     path.write_text("workflow: workflows/one.json\nscenes:\n  - prompt: [unclosed\n")
     with pytest.raises(StoryFileError, match=r"broken.yaml: line \d+, column \d+: invalid YAML"):
         load_story(path)
+
+
+def test_a_file_not_in_utf8_is_a_story_error_and_a_byte_order_mark_is_fine(make_story, story_dir):
+    """Windows editors save cp1252 or UTF-8 with a BOM: the first is a clear error, the second just works."""
+    path = story_dir / "cafe.yaml"
+    path.write_bytes("workflow: workflows/one.json\nscenes:\n  - prompt: alice in a caf\u00e9\n".encode("cp1252"))
+    with pytest.raises(StoryFileError, match=r"cafe.yaml: line 3: not UTF-8 text .*save the file as UTF-8"):
+        load_story(path)
+    workflow = story_dir / "workflows" / "one.json"
+    workflow.write_bytes(b"\xef\xbb\xbf" + workflow.read_bytes())
+    path = story_dir / "bom.json"
+    doc = {"workflow": "workflows/one.json", "cast": {"alice": "refs/alice.png"},
+           "scenes": [{"prompt": "alice in a caf\u00e9"}]}
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(doc).encode())
+    from storymaker_core.story.plan import plan_story
+
+    (plan,) = plan_story(load_story(path))
+    assert plan.prompt["4"]["inputs"]["text"] == "alice in a caf\u00e9"
+    workflow.write_bytes("{\"1\": {\"class_type\": \"caf\u00e9\"}}".encode("cp1252"))
+    with pytest.raises(StoryFileError, match=r"one.json: line 1: not UTF-8 text"):
+        plan_story(load_story(path))
 
 
 def test_not_an_image_and_missing_workflow(make_story, story_dir):

@@ -10,7 +10,7 @@ from story_support import WORKFLOW
 
 from storymaker_core.story.errors import StoryFileError
 from storymaker_core.story.plan import plan_story, prompt_fingerprint
-from storymaker_core.story.schema import load_story
+from storymaker_core.story.schema import default_seed, load_story
 from storymaker_core.story.workflow import Template
 
 
@@ -57,7 +57,8 @@ def test_conventions_fill_the_right_inputs(make_story):
     assert first["4"]["inputs"]["text"] == "alice drinks coffee in a sunny kitchen"  # sampler.positive -> text
     assert first["5"]["inputs"]["text"] == "lowres, blurry"  # sampler.negative -> text
     assert {k: first["7"]["inputs"][k] for k in ("seed", "steps", "cfg", "sampler_name", "scheduler", "denoise")} == {
-        "seed": 100, "steps": 9, "cfg": 4.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 0.9}
+        "seed": default_seed(100, "morning"), "steps": 9, "cfg": 4.5, "sampler_name": "dpmpp_2m",
+        "scheduler": "karras", "denoise": 0.9}
     assert (first["6"]["inputs"]["width"], first["6"]["inputs"]["height"]) == (640, 896)
     assert first["9"]["inputs"]["filename_prefix"] == "storymaker/test-story/morning"
     upload = plans[0].uploads[0]
@@ -192,10 +193,10 @@ def test_explicit_character_binding_and_noise_seed_samplers(make_story, story_di
     path = write_workflow(story_dir, "advanced.json", wf)
     characters = {"characters": {"Alice": {"image": {"title": "reference photo"}}}}
     plan = plan_story(load_story(make_story(workflow=path, bindings=characters)))[0]
-    assert plan.prompt["7"]["inputs"]["noise_seed"] == 100  # found by convention
+    assert plan.prompt["7"]["inputs"]["noise_seed"] == default_seed(100, "morning")  # found by convention
     assert plan.prompt["2"]["inputs"]["image"] == plan.uploads[0].name
     plan = plan_story(load_story(make_story(workflow=path, bindings={**characters, "seed": {"node": "7"}})))[0]
-    assert plan.prompt["7"]["inputs"]["noise_seed"] == 100  # explicit binding without `input:` too
+    assert plan.prompt["7"]["inputs"]["noise_seed"] == default_seed(100, "morning")  # explicit, no `input:`
 
 
 def test_per_workflow_bindings_and_image_values(make_story, story_dir):
