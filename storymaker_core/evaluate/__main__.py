@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Sequence
 
 from .aggregate import CIOptions, summarise
 from .embedders import DEFAULT_CLIP_MODEL, DEFAULT_CLIP_PRETRAINED, ClipConfig, EmbedderError
-from .manifest import FORMAT, ManifestError, check_files, load_manifest
+from .manifest import FORMAT, ManifestError, check_files, comparability_problems, load_manifest
 from .prompts import DEFAULT_SUBSET, PROMPTS_FILE, SUBSET_HELP, load_prompt_file, select_prompts
 from .report import bar_chart, markdown_table, write_json
 from .scoring import ReferenceEmbeddings, ScoringOptions, score_manifest
@@ -113,9 +114,14 @@ def run_score(args: argparse.Namespace) -> int:
     if problems:
         print("error: missing files:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 2
+    unlike = comparability_problems(manifests)
+    for msg in unlike:
+        print(f"warning: {msg}", file=sys.stderr)
 
     face_embedder = clip_embedder = None
     meta: dict = {"format": FORMAT, "manifests": [str(m.path) for m in manifests]}
+    if unlike:
+        meta["not_like_for_like"] = unlike
     skipped = {m.method: list(m.skipped) for m in manifests if m.skipped}
     if skipped:
         meta["not_scored_scenes_without_file"] = skipped
@@ -198,14 +204,16 @@ def run_prompts(args: argparse.Namespace) -> int:
                     "seed": args.seed + k,
                     "prompt_id": p.id,
                 })
+    out = Path(args.out)
+    # the manifest resolves reference paths against its own folder; they were given against the current one
+    here = {name: os.path.relpath(Path(path).expanduser().resolve(), out.parent.resolve()) for name, path in refs.items()}
     plan = {
         "format": FORMAT,
         "method": args.method,
         "prompt_source": f"{PROMPTS_FILE.name} subset={args.subset}",
-        "references": refs,
+        "references": here,
         "images": images,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(plan, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}: {len(images)} images = {len(refs)} character(s) x {len(chosen)} prompts "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from .metrics import Interval, mean_ci, wilson_interval
+from .metrics import Interval, clustered_mean_ci, wilson_interval
 from .scoring import ImageScore
 
 ALL = "ALL"
@@ -27,41 +27,57 @@ class CIOptions:
     seed: int = 0
 
     def describe(self) -> str:
+        groups = "groups (ALL: characters, or prompts with one character; a character's row: prompts)"
         if self.method == "t":
-            return f"{self.confidence:.0%} Student-t interval of the mean (sample std, ddof=1)"
-        return (f"{self.confidence:.0%} percentile bootstrap of the mean, {self.n_boot} resamples, "
-                f"numpy default_rng(seed={self.seed})")
+            return (f"{self.confidence:.0%} Student-t interval of the mean with a cluster-robust (CR1) standard "
+                    f"error over {groups}, t on groups - 1 degrees of freedom")
+        return (f"{self.confidence:.0%} percentile bootstrap of the mean resampling whole {groups}, "
+                f"{self.n_boot} resamples, numpy default_rng(seed={self.seed})")
 
 
-def _interval(values: Sequence[float], ci: CIOptions) -> dict[str, Any]:
-    iv: Interval = mean_ci(values, ci.confidence, ci.method, n_boot=ci.n_boot, seed=ci.seed)
+def _interval(samples: Sequence[tuple], ci: CIOptions, cluster_by: str) -> dict[str, Any]:
+    """samples: (value, group) pairs; the interval treats groups, not values, as independent."""
+    values, groups = [v for v, _ in samples], [g for _, g in samples]
+    iv: Interval = clustered_mean_ci(values, groups, ci.confidence, ci.method, cluster_by=cluster_by,
+                                     n_boot=ci.n_boot, seed=ci.seed)
     return iv.scaled(SCALE).as_dict()
 
 
+def prompt_key(rec: ImageScore) -> str:
+    """The prompt an image was made from: its seeds share it, so they form one group."""
+    return rec.prompt_id or rec.prompt or rec.file
+
+
 def summarise_group(records: Iterable[ImageScore], character: str | None, ci: CIOptions) -> dict[str, Any]:
-    """Stats over ``records``; ``character=None`` pools every (image, character) pair."""
+    """Stats over ``records``; ``character=None`` pools every (image, character) pair.
+
+    Intervals are clustered: a character's row by prompt (its seeds are alike), the ALL row by character
+    (its images share a reference), or by prompt when there is only one character.
+    """
+    records = [r for r in records if character is None or character in r.characters]
+    by_character = character is None and len({c for r in records for c in r.characters}) > 1
+    cluster_by = "character" if by_character else "prompt"
     face, face0, clip_i, clip_t = [], [], [], []
     n_images = found = missing = swaps = swap_n = 0
     for rec in records:
-        chars = rec.characters if character is None else [c for c in rec.characters if c == character]
-        if character is not None and not chars:
-            continue
+        chars = rec.characters if character is None else [character]
         n_images += 1
         if rec.clip_t_cos is not None:
-            clip_t.append(rec.clip_t_cos)
+            clip_t.append((rec.clip_t_cos, "+".join(rec.characters) if by_character else prompt_key(rec)))
         for c in chars:
             cs = rec.per_character[c]
+            group = c if by_character else prompt_key(rec)
             if cs.clip_i_cos is not None:
-                clip_i.append(cs.clip_i_cos)
+                clip_i.append((cs.clip_i_cos, group))
             if rec.n_faces_detected is None:
                 continue  # face metrics were not computed
             if cs.face_found:
                 found += 1
-                face.append(cs.face_cos)
-                face0.append(cs.face_cos)
+                face.append((cs.face_cos, group))
+                face0.append((max(cs.face_cos, 0.0), group))  # FastComposer: max(cos, 0), a missing face 0
             else:
                 missing += 1
-                face0.append(0.0)
+                face0.append((0.0, group))
             if cs.swapped is not None:
                 swap_n += 1
                 swaps += int(cs.swapped)
@@ -69,13 +85,13 @@ def summarise_group(records: Iterable[ImageScore], character: str | None, ci: CI
     low, high = wilson_interval(swaps, swap_n, ci.confidence)
     return {
         "n_images": n_images,
-        "face_sim": _interval(face, ci),
+        "face_sim": _interval(face, ci, cluster_by),
         "face_found": found,
         "face_missing": missing,
         "face_detect_rate": (SCALE * found / pairs) if pairs else None,
-        "face_sim_missing_as_0": _interval(face0, ci),
-        "clip_i": _interval(clip_i, ci),
-        "clip_t": _interval(clip_t, ci),
+        "face_sim_missing_as_0": _interval(face0, ci, cluster_by),
+        "clip_i": _interval(clip_i, ci, cluster_by),
+        "clip_t": _interval(clip_t, ci, "characters" if by_character else "prompt"),
         "swap": None if swap_n == 0 else {
             "n": swap_n, "swaps": swaps, "rate": SCALE * swaps / swap_n,
             "low": SCALE * low, "high": SCALE * high, "method": "Wilson score interval",

@@ -32,9 +32,10 @@ class EmbedderError(RuntimeError):
 
 
 def load_rgb(path: str | Path):
-    """(PIL RGB image, uint8 array (H, W, 3)) for ``path``; errors name the file."""
+    """(PIL RGB image, uint8 array (H, W, 3)) for ``path``, upright as its EXIF says (as ComfyUI's
+    LoadImage and the trainer read it); errors name the file."""
     try:
-        from PIL import Image
+        from PIL import Image, ImageOps
     except ImportError as exc:  # pragma: no cover - pillow ships with torchvision/open_clip
         raise EmbedderError("Pillow is needed to read images: pip install pillow") from exc
     path = Path(path)
@@ -42,7 +43,7 @@ def load_rgb(path: str | Path):
         raise EmbedderError(f"image not found: {path} (check the manifest's 'file' entry / --images-dir)")
     try:
         with Image.open(path) as im:
-            pil = im.convert("RGB")
+            pil = ImageOps.exif_transpose(im).convert("RGB")
     except Exception as exc:  # PIL raises several types for unreadable files
         raise EmbedderError(f"cannot read image {path}: {exc}") from exc
     return pil, np.asarray(pil, dtype=np.uint8)

@@ -19,11 +19,12 @@ or a list of ``{"name", "image"}``), and reference entries may be objects with a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,11 @@ class ImageEntry:
     seed: int | None = None
     prompt_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    score_prompt: str | None = None  # the text CLIP-T compares with, when not the prompt (e.g. no trigger word)
+
+    @property
+    def clip_t_text(self) -> str | None:
+        return self.score_prompt or self.prompt
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,7 @@ def parse_manifest(data: Mapping[str, Any], path: str | Path, *, images_dir: str
         removed = {str(k) for k, v in raw_images.items() if isinstance(v, Mapping) and v.get("status") == "removed"}
         skipped = [str(k) for k, v in raw_images.items()  # removed from the story: not part of it, not reported
                    if str(k) not in removed and not (isinstance(v, Mapping) and v.get("file"))]
-        raw_images = [{"prompt_id": str(k), **v} for k, v in raw_images.items() if str(k) not in set(skipped) | removed]
+        raw_images = [{**v, "prompt_id": str(k)} for k, v in raw_images.items() if str(k) not in set(skipped) | removed]
         if skipped:
             logger.warning("%s: %d scene(s) have no output 'file' yet and are not scored: %s",
                            where, len(skipped), ", ".join(skipped[:10]) + (" ..." if len(skipped) > 10 else ""))
@@ -141,7 +147,10 @@ def parse_manifest(data: Mapping[str, Any], path: str | Path, *, images_dir: str
         if prompt is not None and not isinstance(prompt, str):
             raise ManifestError(f"{loc} 'prompt' must be a string")
         seed = item.get("seed")
-        known = {"file", "prompt", "characters", "character", "seed", "prompt_id"}
+        score_prompt = item.get("score_prompt")
+        if score_prompt is not None and not isinstance(score_prompt, str):
+            raise ManifestError(f"{loc} 'score_prompt' must be a string")
+        known = {"file", "prompt", "characters", "character", "seed", "prompt_id", "score_prompt"}
         images.append(
             ImageEntry(
                 file=_resolve(img_base, item["file"]),
@@ -150,6 +159,7 @@ def parse_manifest(data: Mapping[str, Any], path: str | Path, *, images_dir: str
                 seed=int(seed) if isinstance(seed, (int, float)) else None,
                 prompt_id=item.get("prompt_id"),
                 extra={k: v for k, v in item.items() if k not in known},
+                score_prompt=score_prompt,
             )
         )
     name = method or data.get("method") or base.name or "method"
@@ -181,4 +191,30 @@ def check_files(manifest: Manifest) -> list[str]:
     for img in manifest.images:
         if not img.file.is_file():
             problems.append(f"{manifest.path}: image not found: {img.file}")
+    return problems
+
+
+def comparability_problems(manifests: Sequence[Manifest]) -> list[str]:
+    """Why methods scored together might not be compared like for like: a character with different
+    reference files, or runs that do not cover the same (character, prompt, seed) cells."""
+    problems = []
+    if len(manifests) < 2:
+        return problems
+    digest = {}
+    for m in manifests:
+        for name in {c for img in m.images for c in img.characters}:
+            ref = m.references[name]
+            key = hashlib.sha256(ref.read_bytes()).hexdigest() if ref.is_file() else str(ref)
+            digest.setdefault(name, {}).setdefault(key, []).append(m.method)
+    for name, refs in sorted(digest.items()):
+        if len(refs) > 1:
+            problems.append(f"character {name!r} has different reference images: "
+                            + "; ".join(f"{', '.join(methods)}" for methods in refs.values()))
+    cells = {m.method: {(c, img.prompt_id or img.clip_t_text, img.seed) for img in m.images for c in img.characters}
+             for m in manifests}
+    everyone = set.intersection(*cells.values())
+    for method, own in cells.items():
+        if own != everyone:
+            problems.append(f"{method} has {len(own - everyone)} (character, prompt, seed) cell(s) the other "
+                            f"method(s) lack; means over different cells are not like for like")
     return problems

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass
-from typing import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Hashable, Optional, Sequence
 
 import numpy as np
 
@@ -106,13 +106,13 @@ class Interval:
     high: float
     method: str  # "t" or "bootstrap"
     confidence: float
+    clusters: Optional[int] = None  # independent groups the interval rests on (None: every value independent)
+    cluster_by: Optional[str] = None  # what a group is, e.g. "character" or "prompt"
 
     def scaled(self, factor: float) -> "Interval":
         """Same interval in other units (e.g. x100 for percent)."""
-        return Interval(
-            self.n, self.mean * factor, self.std * factor, self.low * factor, self.high * factor,
-            self.method, self.confidence,
-        )
+        return replace(self, mean=self.mean * factor, std=self.std * factor, low=self.low * factor,
+                       high=self.high * factor)
 
     def as_dict(self) -> dict:
         return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
@@ -150,6 +150,46 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95, method: str = "t"
     if method == "bootstrap":
         low, high = bootstrap_ci(x, confidence, n_boot=n_boot, seed=seed)
         return Interval(n, mean, std, low, high, "bootstrap", confidence)
+    raise ValueError(f"unknown CI method {method!r}; use 't' or 'bootstrap'")
+
+
+def clustered_mean_ci(values: Sequence[float], clusters: Sequence[Hashable], confidence: float = 0.95,
+                      method: str = "t", *, cluster_by: str = "cluster", n_boot: int = 10_000,
+                      seed: int = 0) -> Interval:
+    """Mean of all values with a CI that treats *groups* as the independent samples.
+
+    Why: the images of one character (or the seeds of one prompt) are correlated, so an interval that
+    counts every image as independent is far too narrow. method="t": the cluster-robust (CR1) standard
+    error of the mean, ``sqrt(G/(G-1) * sum_g (sum_{i in g} (x_i - mean))^2) / N`` with t on G-1 degrees
+    of freedom (G groups, N values); with one value per group it is exactly the ordinary t interval.
+    method="bootstrap": whole groups resampled with replacement, percentile interval of the pooled mean.
+    Fewer than two groups: no interval (low/high NaN).
+    """
+    x = _as_sample(values)
+    keys = list(clusters)
+    if len(keys) != x.size:
+        raise ValueError(f"{x.size} values but {len(keys)} cluster labels")
+    codes = np.unique(np.array([str(k) for k in keys], dtype=object), return_inverse=True)[1].reshape(-1)
+    g = int(codes.max()) + 1 if x.size else 0
+    base = mean_ci(x, confidence, "t")
+    nan = float("nan")
+    if g < 2:
+        return replace(base, low=nan, high=nan, method=method, clusters=g, cluster_by=cluster_by)
+    n, mean = x.size, float(x.mean())
+    if method == "t":
+        sums = np.bincount(codes, weights=x - mean, minlength=g)
+        se = math.sqrt(g / (g - 1) * float(np.sum(sums ** 2))) / n
+        half = student_t_quantile(0.5 + confidence / 2.0, g - 1) * se
+        return replace(base, low=mean - half, high=mean + half, method="t", clusters=g, cluster_by=cluster_by)
+    if method == "bootstrap":
+        totals = np.bincount(codes, weights=x, minlength=g)
+        counts = np.bincount(codes, minlength=g).astype(np.float64)
+        rng = np.random.default_rng(seed)
+        picks = rng.integers(0, g, size=(n_boot, g))
+        means = totals[picks].sum(axis=1) / counts[picks].sum(axis=1)
+        alpha = (1.0 - confidence) / 2.0
+        low, high = np.quantile(means, [alpha, 1.0 - alpha])
+        return replace(base, low=float(low), high=float(high), method="bootstrap", clusters=g, cluster_by=cluster_by)
     raise ValueError(f"unknown CI method {method!r}; use 't' or 'bootstrap'")
 
 

@@ -128,7 +128,7 @@ def score_manifest(manifest: Manifest, face_embedder=None, clip_embedder=None,
 
     text_cache: dict[str, np.ndarray] = {}
     if clip_embedder is not None:
-        prompts = sorted({img.prompt for img in manifest.images if img.prompt})
+        prompts = sorted({img.clip_t_text for img in manifest.images if img.clip_t_text})
         if prompts:
             text_cache = dict(zip(prompts, clip_embedder.encode_texts(prompts).astype(np.float64)))
 
@@ -151,8 +151,8 @@ def score_manifest(manifest: Manifest, face_embedder=None, clip_embedder=None,
                 per_character={c: CharacterScore() for c in img.characters},
             )
             if clip_emb is not None:
-                if img.prompt:
-                    rec.clip_t_cos = float(text_cache[img.prompt] @ clip_emb)
+                if img.clip_t_text:
+                    rec.clip_t_cos = float(text_cache[img.clip_t_text] @ clip_emb)
                 for c in img.characters:
                     rec.per_character[c].clip_i_cos = float(cache.clip[manifest.references[c]] @ clip_emb)
             if face_embedder is not None and img.characters:

@@ -128,12 +128,14 @@ def test_reference_without_face(insightface_root, image_tools, tmp_path, capsys)
     assert "no face found in reference image of 'x'" in err and "ref.png" in err
 
 
-def test_prompts_plan_round_trip(tmp_path, capsys):
-    plan = tmp_path / "plan" / "manifest.json"
+def test_prompts_plan_round_trip(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # references given relative to the current folder, the plan elsewhere
+    plan = tmp_path / "runs" / "plan" / "manifest.json"
     rc = main(["prompts", "--reference", "alice=refs/alice.png", "--reference", "bob=refs/bob.png",
                "--class-token", "alice=woman", "--class-token", "man", "--out", str(plan)])
     assert rc == 0
     m = load_manifest(plan)
+    assert m.references["alice"].resolve() == (tmp_path / "refs" / "alice.png").resolve()
     assert len(m.images) == 2 * 20 * 4
     first = m.images[0]
     assert first.prompt == "a woman wearing a red hat" and first.characters == ("alice",)

@@ -133,3 +133,23 @@ def test_load_manifest_errors(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(MF.ManifestError, match="not valid JSON"):
         MF.load_manifest(tmp_path / "broken.json")
+
+
+def test_other_tools_runs_are_checked_for_like_for_like(tmp_path):
+    (tmp_path / "ref.png").write_bytes(b"reference A")
+    (tmp_path / "cropped.png").write_bytes(b"reference A, cropped")
+    ours = MF.parse_manifest({"method": "StoryMaker", "references": {"ann": "ref.png"}, "images": [
+        {"file": f"s{k}.png", "prompt": "a woman wearing a red hat", "prompt_id": "accessory/00", "seed": k}
+        for k in range(4)]}, tmp_path / "ours.json")
+    theirs = MF.parse_manifest({"method": "PhotoMaker", "references": {"ann": "cropped.png"}, "images": [
+        {"file": f"p{k}.png", "prompt": "a woman img wearing a red hat", "score_prompt": "a woman wearing a red hat",
+         "prompt_id": "accessory/00", "seed": k} for k in range(3)]}, tmp_path / "theirs.json")
+    assert theirs.images[0].clip_t_text == "a woman wearing a red hat"  # scored without the trigger word
+    assert ours.images[0].clip_t_text == ours.images[0].prompt
+    problems = MF.comparability_problems([ours, theirs])
+    assert any("'ann' has different reference images" in p for p in problems)
+    assert any(p.startswith("StoryMaker has 1 (character, prompt, seed) cell") for p in problems)
+    assert MF.comparability_problems([ours, MF.parse_manifest(
+        {"method": "Same", "references": {"ann": "ref.png"}, "images": [
+            {"file": f"x{k}.png", "prompt": "p", "prompt_id": "accessory/00", "seed": k} for k in range(4)]},
+        tmp_path / "same.json")]) == []
