@@ -45,7 +45,7 @@ def make_buckets(resolution: int, step: int = 64, max_aspect: float = 2.0) -> li
     while h <= area // step:
         w = int(area / h) // step * step
         if w >= step and max(h / w, w / h) <= max_aspect:
-            buckets.add((h, w))
+            buckets.update({(h, w), (w, h)})  # both orientations: landscape reaches the same aspects as portrait
         h += step
     if not buckets:
         raise DatasetError(f"no bucket of area ~{resolution}^2 with sides multiple of {step}")
@@ -98,19 +98,50 @@ def _load_mask(path: str, hw: tuple) -> np.ndarray:
     return np.where(m > 127, 255, 0).astype(np.uint8)
 
 
+def _union_box(masks: Sequence[np.ndarray]) -> Optional[tuple]:
+    """(y0, x0, y1, x1) around every character's mask, or None when all are empty."""
+    union = np.any(np.stack(masks) > 0, axis=0) if masks else None
+    if union is None or not union.any():
+        return None
+    rows, cols = np.flatnonzero(union.any(axis=1)), np.flatnonzero(union.any(axis=0))
+    return rows[0], cols[0], rows[-1] + 1, cols[-1] + 1
+
+
 def clip_normalise(image_u8: np.ndarray) -> torch.Tensor:
     """uint8 `[224, 224, 3]` -> CLIP-normalised `[3, 224, 224]` float32."""
     x = (image_u8.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
     return torch.from_numpy(x.transpose(2, 0, 1).copy())
 
 
-def resize_and_crop(shape_hw: tuple, bucket: tuple) -> tuple:
-    """Cover the bucket keeping aspect, centre-crop: (resized (h, w), crop top, crop left)."""
+def resize_and_crop(shape_hw: tuple, bucket: tuple, keep_box: Optional[tuple] = None) -> tuple:
+    """Cover the bucket keeping aspect, then crop: (resized (h, w), crop top, crop left).
+
+    The crop is centred (as the release) unless that would cut `keep_box` (y0, x0, y1, x1 in original
+    pixels: the characters): then it moves just enough to keep the box, or centres on it when the box is
+    larger than the bucket. A character cut out of the target would still have its reference tokens, and
+    the attention loss would teach them to attend nowhere.
+    """
     h0, w0 = shape_hw
     bh, bw = bucket
     scale = max(bh / h0, bw / w0)
     rh, rw = max(bh, round(h0 * scale)), max(bw, round(w0 * scale))
-    return (rh, rw), (rh - bh) // 2, (rw - bw) // 2
+    top, left = (rh - bh) // 2, (rw - bw) // 2
+    if keep_box is not None:
+        y0, x0, y1, x1 = (v * scale for v in keep_box)
+        top = _keep_inside(top, y0, y1, bh, rh)
+        left = _keep_inside(left, x0, x1, bw, rw)
+    return (rh, rw), top, left
+
+
+def _keep_inside(offset: int, lo: float, hi: float, size: int, total: int) -> int:
+    """The crop offset nearest `offset` whose window [offset, offset + size) holds [lo, hi)."""
+    if hi - lo > size:
+        offset = round((lo + hi - size) / 2)
+    elif lo < offset:
+        offset = math.floor(lo)
+    elif hi > offset + size:
+        offset = math.ceil(hi - size)
+    return int(min(max(offset, 0), total - size))
 
 
 @dataclass
@@ -169,7 +200,8 @@ class StoryMakerDataset(torch.utils.data.Dataset):
     def _sample(self, r: dict, bucket: tuple, rng: np.random.Generator) -> dict:
         image = _load_rgb(r["image"])  # uint8 [H0, W0, 3]
         h0, w0 = image.shape[:2]
-        (rh, rw), top, left = resize_and_crop((h0, w0), bucket)
+        masks = [_load_mask(c["mask"], (h0, w0)) for c in r["characters"]]
+        (rh, rw), top, left = resize_and_crop((h0, w0), bucket, _union_box(masks))
         bh, bw = bucket
 
         def fit(array: np.ndarray, interpolation) -> np.ndarray:  # to the bucket, as the target image
@@ -179,8 +211,7 @@ class StoryMakerDataset(torch.utils.data.Dataset):
         k = self.data.mask_dilate
         loss_masks, char_pixels, face_pixels = [], [], []
         angle_draws = rng.uniform(-1.0, 1.0, size=len(r["characters"]))
-        for c, a in zip(r["characters"], angle_draws):
-            mask = _load_mask(c["mask"], (h0, w0))
+        for c, mask, a in zip(r["characters"], masks, angle_draws):
             if k > 0:
                 mask = cv2.dilate(mask, np.ones((k, k), np.uint8))
             soft = cv2.GaussianBlur(mask, (5, 5), 0)  # the release's loss mask: dilated, blurred

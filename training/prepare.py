@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,12 +80,17 @@ def read_user_masks(folder: Optional[str], rel: Path, hw: tuple, min_fraction: f
         return [], []
     notes, masks = [], []
     single = _find(folder, rel, (".png", ".webp", ".bmp"))
-    files = [single] if single else sorted(Path(folder, rel.parent).glob(rel.stem + "_[0-9]*.png"),
-                                           key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    own = re.compile(re.escape(rel.stem) + r"_(\d+)\.png$")  # shot_1.png, shot_2.png; not take_2_final.png
+    numbered = [(int(m.group(1)), p) for p in Path(folder, rel.parent).glob(rel.stem + "_*.png")
+                if (m := own.fullmatch(p.name))]
+    files = [single] if single else [p for _, p in sorted(numbered)]
     for f in files:
         with Image.open(f) as im:
-            array = np.asarray(im.convert("RGB"))
+            array = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))  # upright, as the image is read
         if array.shape[:2] != hw:
+            if abs(array.shape[1] / array.shape[0] - hw[1] / hw[0]) > 0.02 * hw[1] / hw[0]:
+                raise Rejected(f"mask {f.name} is {array.shape[1]}x{array.shape[0]} but the image is {hw[1]}x{hw[0]}: "
+                               f"another aspect ratio, so it was drawn for another picture or orientation")
             notes.append(f"{f.name} is {array.shape[1]}x{array.shape[0]}, resized to the image")
             array = np.asarray(Image.fromarray(array).resize((hw[1], hw[0]), Image.NEAREST))
         if single:

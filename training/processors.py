@@ -33,9 +33,17 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_autocast_enabled(x.device.type):  # autocast picks the dtype; no fp32 copy of activations
+        if _autocast_enabled(x.device.type):  # autocast picks the dtype; no fp32 copy of activations
             return self.up(self.down(x))
         return self.up(self.down(x.to(self.down.weight.dtype))).to(x.dtype)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """`torch.is_autocast_enabled(device_type)`; torch < 2.4 takes no argument and has a CPU twin."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 @dataclass

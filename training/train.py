@@ -214,6 +214,12 @@ class Trainer:
             acc.backward(out.loss)
             if acc.sync_gradients and c.optim.max_grad_norm:
                 grad_norm = acc.clip_grad_norm_(self.model.parameters(), c.optim.max_grad_norm)
+                # fp16's scaler skips such a step itself; in bf16/fp32 it would write NaN into the weights
+                if not torch.isfinite(grad_norm) and acc.mixed_precision != "fp16":
+                    raise FloatingPointError(
+                        f"non-finite gradient norm {float(grad_norm)} at step {self.progress.global_step + 1} "
+                        f"(records {batch['ids']}, loss {out.loss.item():.4g}): the weights were not updated. "
+                        f"Lower optim.learning_rate or check those records.")
             self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)

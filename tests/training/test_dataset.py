@@ -13,6 +13,7 @@ from training.dataset import (
     collate,
     draw_drops,
     make_buckets,
+    resize_and_crop,
     nearest_bucket,
     read_manifest,
 )
@@ -29,6 +30,22 @@ def test_buckets_cover_aspects_at_constant_area():
     assert all(h % 64 == 0 and w % 64 == 0 and 0.8 < h * w / 1024 ** 2 <= 1.0 for h, w in buckets)
     assert nearest_bucket(1280, 960, buckets) == (1152, 896)  # the release's 4:3 portrait
     assert make_buckets(128, 64, 2.0) == [(128, 128)]
+    assert all((w, h) in buckets for h, w in buckets)  # landscape reaches the aspects portrait does
+
+
+def test_the_crop_keeps_the_characters_when_the_centre_would_cut_them():
+    shape, bucket = (1024, 3072), (704, 1408)  # a 3:1 film still
+    (rh, rw), top, left = resize_and_crop(shape, bucket)
+    assert (rh, rw) == (704, 2112) and (top, left) == (0, 352)  # centred, as the release
+    scale = 704 / 1024
+    for box in [(100, 50, 900, 400), (100, 2700, 900, 3050), (0, 1000, 1024, 2000)]:
+        _, top, left = resize_and_crop(shape, bucket, box)
+        assert left <= box[1] * scale and box[3] * scale <= left + 1408, box  # the characters stay in
+        assert 0 <= left <= rw - 1408
+    _, _, left = resize_and_crop(shape, bucket, (0, 1300, 1024, 1700))
+    assert left == 352  # a box the centred crop holds: unchanged
+    _, _, left = resize_and_crop(shape, bucket, (0, 100, 1024, 2900))  # wider than the bucket: centred on it
+    assert abs((left + 704) - 1500 * scale) <= 1
 
 
 def test_samples_have_the_documented_shapes(manifest):

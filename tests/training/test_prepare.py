@@ -105,3 +105,21 @@ def test_cli_reports_missing_face_models(tmp_path, capsys):
                          str(tmp_path / "nothing")])
     assert code == 1
     assert "insightface" in capsys.readouterr().err.lower()
+
+
+def test_user_masks_are_matched_by_name_and_checked_for_aspect(tmp_path):
+    from pathlib import Path
+
+    import pytest
+
+    from training.prepare import Rejected, read_user_masks
+
+    white = np.full((40, 60, 3), 255, np.uint8)
+    for name in ("shot_2.png", "shot_10.png", "shot_1.png", "take_2_final.png", "shot_final.png"):
+        Image.fromarray(white).save(tmp_path / name)
+    masks, _ = read_user_masks(str(tmp_path), Path("shot.jpg"), (40, 60), 0.0)
+    assert len(masks) == 3  # shot_1, shot_2, shot_10 in that order; the other files are not this image's
+    assert read_user_masks(str(tmp_path), Path("take.jpg"), (40, 60), 0.0)[0] == []  # no crash on take_2_final
+    Image.fromarray(np.full((60, 40, 3), 255, np.uint8)).save(tmp_path / "phone_1.png")  # drawn unrotated
+    with pytest.raises(Rejected, match="another aspect ratio"):
+        read_user_masks(str(tmp_path), Path("phone.jpg"), (40, 60), 0.0)

@@ -140,3 +140,15 @@ def test_pose_controlnet_is_frozen_and_used(tmp_path):
     del batch["pose"]
     without = seeded_step(trainer, batch)
     assert without.diffusion.item() != with_pose.diffusion.item()  # the residuals reach the UNet
+
+
+def test_a_non_finite_gradient_stops_before_the_weights_change(manifest, tmp_path):
+    """bf16/fp32 have no scaler to skip such a step: the update would write NaN into the weights."""
+    trainer = make_trainer(tiny_config(manifest, tmp_path / "nan", drop=no_drops()))
+    batch = first_batch(trainer)
+    before = [p.detach().clone() for p in trainer.raw_model.parameters()]
+    first = next(p for p in trainer.raw_model.parameters() if p.requires_grad)
+    first.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+    with pytest.raises(FloatingPointError, match="non-finite gradient norm.*weights were not updated"):
+        trainer.train_step(batch)
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.raw_model.parameters()))
