@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 from support import DATA, MEASURED, release_layout
@@ -31,7 +28,6 @@ def golden():
 
 @pytest.fixture
 def comfyui_path():
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
-    return Path(path)
+    from support.comfyui import comfyui_path_or_skip
+
+    return comfyui_path_or_skip()

@@ -3,7 +3,6 @@
 Needs a ComfyUI v0.14.1 source tree in COMFYUI_PATH and its Python requirements; skipped otherwise.
 """
 
-import os
 from pathlib import Path
 
 import pytest
@@ -22,9 +21,9 @@ pytestmark = pytest.mark.comfyui
 
 @pytest.fixture(scope="module")
 def comfy():
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
+    from support.comfyui import comfyui_path_or_skip
+
+    path = str(comfyui_path_or_skip())
     from support.comfyui import import_comfyui
 
     return import_comfyui(Path(path))
@@ -156,8 +155,6 @@ def test_all_seventy_keys_middle_included_and_existing_replace_chained(setup):
 
 
 def test_clear_errors_for_wrong_models_and_inputs(setup, comfy):
-    from support.comfyui import small_sdxl
-
     pack, model, layers, adapter, embeds, state = setup
     apply = pack.nodes.apply.StoryMakerApply()
     with pytest.raises(ValueError, match="start_at"):

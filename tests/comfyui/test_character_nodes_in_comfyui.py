@@ -4,7 +4,6 @@ Needs COMFYUI_PATH (a ComfyUI v0.14.1 source tree) and its requirements; skipped
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +23,9 @@ CLIP_WIDTH = 32
 
 @pytest.fixture(scope="module")
 def comfy(tmp_path_factory):
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
+    from support.comfyui import comfyui_path_or_skip
+
+    path = str(comfyui_path_or_skip())
     from support.comfyui import import_comfyui, load_pack
 
     import_comfyui(Path(path))

@@ -3,7 +3,6 @@
 Needs COMFYUI_PATH (a ComfyUI v0.14.1 source tree), its requirements and segment-anything; skipped otherwise.
 """
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +14,9 @@ pytestmark = pytest.mark.comfyui
 
 @pytest.fixture(scope="module")
 def sams(tmp_path_factory):
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
+    from support.comfyui import comfyui_path_or_skip
+
+    path = str(comfyui_path_or_skip())
     pytest.importorskip("segment_anything")
     from safetensors.torch import save_file
     from segment_anything import sam_model_registry

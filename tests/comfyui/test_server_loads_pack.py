@@ -4,7 +4,6 @@ Needs COMFYUI_PATH (a ComfyUI v0.14.1 source tree) and its requirements in this 
 """
 
 import json
-import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,9 +21,9 @@ NODES = {"StoryMakerLoader", "StoryMakerInsightFaceLoader", "StoryMakerSAMLoader
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    comfyui = os.environ.get("COMFYUI_PATH")
-    if not comfyui:
-        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
+    from support.comfyui import comfyui_path_or_skip
+
+    comfyui = str(comfyui_path_or_skip())
     base = tmp_path_factory.mktemp("comfy-base")
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "ComfyUI-StoryMaker").symlink_to(REPO)

@@ -6,7 +6,6 @@ requirements plus insightface/onnx/onnxruntime; skipped otherwise. About two min
 """
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -50,9 +49,9 @@ def template() -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    comfyui = os.environ.get("COMFYUI_PATH")
-    if not comfyui:
-        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
+    from support.comfyui import comfyui_path_or_skip
+
+    comfyui = str(comfyui_path_or_skip())
     pytest.importorskip("insightface")
     from support.comfyui import comfyui_server
     from support.random_comfy import make_base_directory

@@ -17,6 +17,18 @@ REPO = Path(__file__).resolve().parents[2]
 PACK_MODULE = "ComfyUI_StoryMaker_under_test"
 
 
+def comfyui_path_or_skip() -> Path:
+    """The ComfyUI source tree the ComfyUI tests run against (COMFYUI_PATH); the test is skipped without it."""
+    import os
+
+    import pytest
+
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
+    return Path(path)
+
+
 def import_comfyui(path: Path, cpu: bool = True):
     """Import ComfyUI from its source tree, on the CPU unless told otherwise (a CUDA build of torch on a
     GPU-less machine needs the flag, and it must be set before model_management is imported)."""
