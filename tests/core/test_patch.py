@@ -159,8 +159,11 @@ def test_image_kv_are_made_on_the_queries_device_and_the_weights_stay_put(parts)
     measured("image K from fp16 weights vs float64", relative_error(ip_k[0], expected), 1e-6)
 
 
-def test_chunks_beyond_positive_and_negative_get_the_negative_tokens(parts, caplog):
+def test_chunks_beyond_positive_and_negative_get_the_negative_tokens(parts, caplog, monkeypatch):
     """PerpNeg sends cond_or_uncond [0, 1, 2] (positive, negative, empty): no crash, chunk 2 is unconditional."""
+    import storymaker_core.patch
+
+    monkeypatch.setattr(storymaker_core.patch, "_REPORTED_CHUNKS", set())  # logged once per process
     weights, cond, uncond, (q, k, v) = parts
     shared = StoryMakerAttention(ImageProjections(weights), cond, uncond, ImageBranchSettings(ip_scale=0.7, tokens_per_group=4))
     with caplog.at_level("WARNING"):
