@@ -72,7 +72,7 @@ class StoryMakerSAMLoader:
         import folder_paths
 
         return {"required": {"sam_file": (folder_paths.get_filename_list("sams"),
-                                          {"tooltip": "sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or sam_vit_h_4b8939.pth"})}}
+                                          {"tooltip": "sam_vit_b_01ec64.pth, sam_vit_l_0b3195.pth or sam_vit_h_4b8939.pth (or .safetensors)"})}}
 
     RETURN_TYPES = ("STORYMAKER_SAM",)
     FUNCTION = "load"

@@ -181,11 +181,6 @@ class StoryMakerAttention:
         tensors += [t for t in self._bias.values() if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def to(self, device_or_dtype) -> "StoryMakerAttention":
-        """Host model moves change nothing here: K/V are made on the queries' device and in their dtype (the
-        caches are keyed by both), and the projections stay in host memory (see `ImageProjections`)."""
-        return self
-
 
 class LayerPatch:
     """What the host registers under one attn2 key: `patch(q, k, v, extra_options) -> out`."""
@@ -202,7 +197,8 @@ class LayerPatch:
         return self.shared.forward(self.key, q, k, v, extra_options, self.attention_function(extra_options), text)
 
     def to(self, device_or_dtype) -> "LayerPatch":
-        self.shared.to(device_or_dtype)
+        """Follow a host's model move. Only a chained patch moves: the image K/V are made on the queries'
+        device and in their dtype (the caches are keyed by both), the projections stay in host memory."""
         if self.previous is not None and hasattr(self.previous, "to"):
             self.previous = self.previous.to(device_or_dtype)
         return self
