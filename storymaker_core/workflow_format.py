@@ -3,7 +3,7 @@
 * API format (what `POST /prompt` takes): `{id: {"class_type", "inputs": {name: value | [src_id, slot]},
   "_meta": {"title"}}}`.
 * UI format (what the editor saves): `nodes` with `widgets_values` (the widget inputs' values in input
-  order, plus the editor's extra widgets: `control_after_generate` after a seed, the upload button after
+  order, plus the editor's extra widgets: `control_after_generate` right after a seed, the upload button after
   an image picker) and `links` `[id, from_node, from_slot, to_node, to_slot, type]`.
 
 A node spec is `/object_info`'s entry: `{"input": {"required": {...}, "optional": {...}}, "output": [...],
@@ -13,7 +13,7 @@ A node spec is `/object_info`'s entry: `{"input": {"required": {...}, "optional"
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}
@@ -37,18 +37,29 @@ def is_widget(kind, options: Mapping) -> bool:
     return (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput", False)
 
 
+class EditorWidget(NamedTuple):
+    """A widget the editor keeps in `widgets_values` but never sends in a prompt."""
+
+    name: str  # the editor's own name for it
+    default: str  # what the editor saves for a new node
+
+
+SEED_CONTROL = EditorWidget("control_after_generate", "fixed")  # added right after its seed widget
+UPLOAD_BUTTON = EditorWidget("upload", "image")  # added after all of the node's other widgets
+
+
 def widget_slots(spec: Mapping) -> list:
-    """Names in `widgets_values` order; None marks an editor-only widget (seed control, upload button)."""
-    slots = []
+    """`widgets_values` order as the editor builds it: input names, and `EditorWidget`s where the editor adds
+    its own (checked in a real editor by tests/comfyui/test_workflows_in_editor.py)."""
+    slots, upload = [], False
     for name, kind, options in _inputs(spec):
         if not is_widget(kind, options):
             continue
         slots.append(name)
         if (kind == "INT" and name in SEED_NAMES) or options.get("control_after_generate"):
-            slots.append(None)
-        if options.get("image_upload"):
-            slots.append(None)
-    return slots
+            slots.append(SEED_CONTROL)
+        upload = upload or bool(options.get("image_upload"))
+    return slots + [UPLOAD_BUTTON] if upload else slots
 
 
 def socket_inputs(spec: Mapping) -> list:
@@ -78,7 +89,7 @@ def ui_to_api(ui: Mapping, specs: Mapping) -> dict:
         if len(values) != len(slots):
             raise WorkflowFormatError(f"node {node['id']} ({node['type']}): {len(values)} widget values for "
                                       f"{len(slots)} widgets")
-        inputs.update({name: value for name, value in zip(slots, values) if name is not None})
+        inputs.update({name: value for name, value in zip(slots, values) if isinstance(name, str)})
         for socket in node.get("inputs", []):
             if socket.get("link") is not None:
                 _, source, slot, _, _, _ = links[socket["link"]]
@@ -107,11 +118,8 @@ def api_to_ui(api: Mapping, specs: Mapping, positions: Mapping = None) -> dict:
             link = link_for.get((int(node_id), name))
             inputs.append({"name": name, "type": kind, "link": link[0] if link else None})
         values = []
-        for name in widget_slots(spec):
-            if name is None:  # editor-only widget after the previous one
-                values.append("fixed" if values and isinstance(values[-1], int) else "image")
-            else:
-                values.append(node["inputs"][name])
+        for slot in widget_slots(spec):
+            values.append(slot.default if isinstance(slot, EditorWidget) else node["inputs"][slot])
         outputs = [{"name": output_name, "type": kind, "links": outgoing.get((node_id, slot), []), "slot_index": slot}
                    for slot, (kind, output_name) in enumerate(zip(spec["output"], spec.get("output_name", spec["output"])))]
         x, y = (positions or {}).get(node_id, (50 + 360 * (order % 5), 50 + 320 * (order // 5)))

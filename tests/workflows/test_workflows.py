@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from storymaker_core.story.validate import check_prompt
-from storymaker_core.workflow_format import api_to_ui, ui_to_api
+from storymaker_core.workflow_format import SEED_CONTROL, UPLOAD_BUTTON, api_to_ui, ui_to_api, widget_slots
 from support.node_specs import node_specs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,3 +81,17 @@ def test_validator_reports_broken_workflows(specs):
     assert "links to output 3 of" in problems
     assert "input 'positive' expects CONDITIONING but is linked to" in problems and "(MODEL)" in problems
     assert "node type 'IPAdapterAdvanced' is not installed" in problems
+
+
+def test_widget_order_is_the_editors(specs):
+    """The editor adds a seed's control widget right after the seed and an image picker's upload button after
+    every other widget (read off ComfyUI's editor by tests/comfyui/test_workflows_in_editor.py)."""
+    assert widget_slots(specs["LoadImageMask"]) == ["image", "channel", UPLOAD_BUTTON]
+    assert widget_slots(specs["LoadImage"]) == ["image", UPLOAD_BUTTON]
+    assert widget_slots(specs["KSampler"])[:3] == ["seed", SEED_CONTROL, "steps"]
+
+
+def test_a_mask_node_saved_by_the_editor_keeps_its_channel(specs):
+    saved = {"nodes": [{"id": 3, "type": "LoadImageMask", "inputs": [], "outputs": [],
+                        "widgets_values": ["hero_mask.png", "alpha", "image"]}], "links": []}
+    assert ui_to_api(saved, specs)["3"]["inputs"] == {"image": "hero_mask.png", "channel": "alpha"}
