@@ -1,4 +1,7 @@
-"""Write every example workflow in both formats: `workflows/NAME.json` (UI) and `workflows/NAME.api.json`.
+"""Write every example workflow in both formats: `workflows/NAME.json` (UI) and `workflows/api/NAME.api.json`.
+
+The API files sit in a subfolder because ComfyUI lists every `*.json` of a pack's `workflows/` folder in the
+editor's Templates browser, and the editor opens only the UI format from there.
 
     python scripts/build_workflows.py
 
@@ -217,12 +220,12 @@ def main() -> int:
 
     specs = node_specs()
     folder = REPO / "workflows"
-    folder.mkdir(exist_ok=True)
+    (folder / "api").mkdir(parents=True, exist_ok=True)
     for name, build in WORKFLOWS.items():
         api = build()
-        (folder / f"{name}.api.json").write_text(json.dumps(api, indent=2) + "\n")
+        (folder / "api" / f"{name}.api.json").write_text(json.dumps(api, indent=2) + "\n")
         (folder / f"{name}.json").write_text(json.dumps(api_to_ui(api, specs), indent=2) + "\n")
-        print(f"wrote workflows/{name}.json and .api.json ({len(api)} nodes)")
+        print(f"wrote workflows/{name}.json and workflows/api/{name}.api.json ({len(api)} nodes)")
     return 0
 
 

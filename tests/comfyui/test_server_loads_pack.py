@@ -52,7 +52,7 @@ def test_object_info_lists_every_node_with_its_inputs(server):
     assert set(apply["input"]["optional"]) == {"mask_1", "mask_2", "mask_3"}
 
 
-@pytest.mark.parametrize("workflow", sorted((REPO / "workflows").glob("*.api.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("workflow", sorted((REPO / "workflows" / "api").glob("*.api.json")), ids=lambda p: p.name)
 def test_real_server_accepts_every_workflow_but_for_missing_files(server, workflow):
     """ComfyUI's own validation of each API workflow: the only complaints allowed are model/input files
     that this empty server does not have."""

@@ -3,7 +3,7 @@
 Artists open `workflows/*.json` in the editor; a widget value in the wrong slot (the editor puts an image
 picker's upload button after *all* other widgets, not after the picker) silently changes a setting. Here
 headless Chromium loads each file and the editor itself
-* turns it into the prompt it would queue: it must equal the `.api.json` twin, and
+* turns it into the prompt it would queue: it must equal its twin in `workflows/api/`, and
 * saves it again: our `ui_to_api` must read that save back to the same prompt (the story runner reads
   templates that artists saved in the editor).
 
@@ -23,7 +23,7 @@ from storymaker_core.workflow_format import ui_to_api
 
 pytestmark = pytest.mark.comfyui
 
-WORKFLOWS = sorted(p for p in (REPO / "workflows").glob("*.json") if not p.name.endswith(".api.json"))
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"]
 
@@ -40,6 +40,10 @@ def _chromium_or_skip() -> str:
     if not path:
         pytest.skip("no Chromium: `apt install chromium` or set CHROMIUM_PATH to run the editor tests")
     return path
+
+
+def _api_twin(workflow):
+    return workflow.parent / "api" / workflow.with_suffix(".api.json").name
 
 
 def _graph(prompt: dict) -> dict:
@@ -74,6 +78,8 @@ def editor(tmp_path_factory):
             browser.close()
         with urllib.request.urlopen(f"{url}/object_info", timeout=30) as response:
             specs = json.load(response)
+        with urllib.request.urlopen(f"{url}/workflow_templates", timeout=30) as response:
+            results["/workflow_templates"] = json.load(response)
     return results, page_errors, specs
 
 
@@ -82,7 +88,7 @@ def test_editor_queues_exactly_the_api_twin(editor, workflow):
     results, page_errors, _ = editor
     result = results[workflow.name]
     assert not result["missing"], f"the editor does not know {result['missing']}"
-    api = json.loads(workflow.with_suffix(".api.json").read_text())
+    api = json.loads(_api_twin(workflow).read_text())
     assert _graph(result["prompt"]) == _graph(api)
     assert not page_errors, page_errors
 
@@ -91,5 +97,11 @@ def test_editor_queues_exactly_the_api_twin(editor, workflow):
 def test_what_the_editor_saves_reads_back_to_the_same_prompt(editor, workflow):
     results, _, specs = editor
     saved = results[workflow.name]["saved"]
-    api = json.loads(workflow.with_suffix(".api.json").read_text())
+    api = json.loads(_api_twin(workflow).read_text())
     assert _graph(ui_to_api(saved, specs)) == _graph(api)
+
+
+def test_templates_browser_lists_the_ui_workflows_only(editor):
+    """The editor opens a pack's templates as UI workflows: API files listed there would fail to open."""
+    listed = editor[0]["/workflow_templates"]["ComfyUI-StoryMaker"]
+    assert sorted(listed) == [p.stem for p in WORKFLOWS]

@@ -12,7 +12,7 @@ from storymaker_core.workflow_format import SEED_CONTROL, UPLOAD_BUTTON, api_to_
 from support.node_specs import node_specs
 
 REPO = Path(__file__).resolve().parents[2]
-WORKFLOWS = sorted((REPO / "workflows").glob("*.api.json"))
+WORKFLOWS = sorted((REPO / "workflows" / "api").glob("*.api.json"))
 LOADER_INPUTS = {"ckpt_name", "storymaker_file", "clip_name", "control_net_name", "lora_name", "sam_file",
                  "unet_name", "character_file"}
 
@@ -40,7 +40,7 @@ def test_api_workflow_validates_against_node_specs(path, specs):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_ui_and_api_files_describe_the_same_graph(path, specs):
     api = json.loads(path.read_text())
-    ui = json.loads(path.with_name(path.name.replace(".api.json", ".json")).read_text())
+    ui = json.loads((REPO / "workflows" / path.name.replace(".api.json", ".json")).read_text())
     assert ui_to_api(ui, specs) == api
     assert len(ui["links"]) == sum(isinstance(v, list) for n in api.values() for v in n["inputs"].values())
 
@@ -60,13 +60,13 @@ def test_files_are_what_the_generator_writes(specs):
 
     for name, build in build_workflows.WORKFLOWS.items():
         api = build()
-        assert json.loads((REPO / "workflows" / f"{name}.api.json").read_text()) == api, \
+        assert json.loads((REPO / "workflows" / "api" / f"{name}.api.json").read_text()) == api, \
             f"{name}: run python scripts/build_workflows.py"
         assert json.loads((REPO / "workflows" / f"{name}.json").read_text()) == json.loads(json.dumps(api_to_ui(api, specs)))
 
 
 def test_validator_reports_broken_workflows(specs):
-    api = json.loads((REPO / "workflows" / "02-two-characters-regions.api.json").read_text())
+    api = json.loads((REPO / "workflows" / "api" / "02-two-characters-regions.api.json").read_text())
     broken = copy.deepcopy(api)
     apply_id = next(k for k, n in broken.items() if n["class_type"] == "StoryMakerApply")
     sampler_id = next(k for k, n in broken.items() if n["class_type"] == "KSampler")
