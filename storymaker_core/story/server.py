@@ -80,6 +80,17 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
+_NO_GPU = ("Found no NVIDIA driver", "Torch not compiled with CUDA enabled", "No CUDA GPUs are available")
+
+
+def _no_gpu_hint(log_tail: str, cpu: bool) -> str:
+    """ComfyUI stops at start-up on a machine without a GPU unless told --cpu: say so in the runner's words."""
+    if cpu or not any(marker in log_tail for marker in _NO_GPU):
+        return ""
+    return ("\nComfyUI found no GPU. Rerun with --cpu (SDXL then takes minutes per image), or render on a machine "
+            "with one: --server http://HOST:8188")
+
+
 class LocalComfyUI:
     """``async with LocalComfyUI(root, cpu=True) as url:`` runs ``main.py`` until the block ends."""
 
@@ -124,8 +135,9 @@ class LocalComfyUI:
             while True:
                 code = self.process.poll()
                 if code is not None:
+                    tail = _tail(self.log_path)
                     raise StoryError(f"ComfyUI exited with code {code} while starting; last lines of "
-                                     f"{self.log_path}:\n{_tail(self.log_path)}")
+                                     f"{self.log_path}:\n{tail}{_no_gpu_hint(tail, '--cpu' in self.command)}")
                 try:
                     async with session.get(f"{self.url}/object_info") as resp:
                         if resp.status == 200:

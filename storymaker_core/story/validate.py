@@ -34,9 +34,40 @@ def _types_match(received: Any, expected: Any) -> bool:
     return bool(set(received.split(",")) & set(expected.split(",")))
 
 
+# Where ComfyUI looks for the file a loader input names (folder inside ComfyUI/), for the inputs our
+# workflows use; README "Models: which file goes where" has each download.
+FILE_FOLDERS = {
+    ("CheckpointLoaderSimple", "ckpt_name"): "models/checkpoints",
+    ("CLIPVisionLoader", "clip_name"): "models/clip_vision",
+    ("ControlNetLoader", "control_net_name"): "models/controlnet",
+    ("LoraLoader", "lora_name"): "models/loras",
+    ("LoraLoaderModelOnly", "lora_name"): "models/loras",
+    ("VAELoader", "vae_name"): "models/vae",
+    ("UNETLoader", "unet_name"): "models/diffusion_models",
+    ("StoryMakerLoader", "storymaker_file"): "models/storymaker",
+    ("StoryMakerSAMLoader", "sam_file"): "models/sams",
+    ("StoryMakerLoadCharacter", "character_file"): "models/storymaker_characters",
+    ("LoadImage", "image"): "input",
+    ("LoadImageMask", "image"): "input",
+}
+
+
+def where_the_file_goes(class_type: str, input_name: str, value: Any) -> str:
+    """What to do when a loader's file is missing on the server, naming ComfyUI's folder for it."""
+    folder = FILE_FOLDERS.get((class_type, input_name))
+    if folder is None:
+        return ""
+    if folder == "input":
+        return f" -> put {value!r} in ComfyUI/input/, or give that node an image in the story file (the runner uploads it)"
+    if folder == "models/storymaker_characters":
+        return f" -> save that character first (workflows/07-save-character.json writes it to ComfyUI/{folder}/)"
+    return (f" -> put {value!r} in ComfyUI/{folder}/ (the README's \"Models: which file goes where\" says where to "
+            f"download it), then run again")
+
+
 def _choices_text(choices: list, value: Any) -> str:
     if not choices:
-        return "the server offers no choices for it (is the model/file installed in the right models/ folder?)"
+        return "the server offers no choices for it"
     shown = ", ".join(repr(c) for c in choices[:8]) + (f", ... ({len(choices)} in all)" if len(choices) > 8 else "")
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     return f"choices: {shown}" + (f"; did you mean {close[0]!r}?" if close else "")
@@ -126,6 +157,11 @@ def check_prompt(prompt: dict, object_info: dict) -> list[str]:
                 continue  # ComfyUI ignores inputs a node does not declare
             problem = check_value(prompt, object_info, value, spec)
             if problem:
+                if "not offered by this server" in problem:
+                    hint = where_the_file_goes(class_type, name, value)
+                    if not hint and "offers no choices" in problem:
+                        hint = " (is the model/file installed in the right models/ folder?)"
+                    problem += hint
                 problems.append(f"{who}: input '{name}' {problem}")
     if not has_output:
         problems.append("the workflow has no output node (such as SaveImage), so nothing would be saved")

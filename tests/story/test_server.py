@@ -82,3 +82,12 @@ def test_local_comfyui_that_never_answers_is_stopped(tmp_path):
     with pytest.raises(StoryError, match=r"did not answer .*/object_info within 1 s"):
         asyncio.run(local.start())
     assert gone(json.loads((root / "launched.json").read_text())["pid"])
+
+
+@pytest.mark.parametrize("cpu", [False, True])
+def test_local_comfyui_without_a_gpu_says_to_use_cpu(tmp_path, cpu):
+    root = fake_comfyui(tmp_path / "ComfyUI", "print('RuntimeError: Found no NVIDIA driver on your system.')\n"
+                                              "raise SystemExit(1)\n")
+    with pytest.raises(StoryError) as info:
+        asyncio.run(LocalComfyUI(root, python=sys.executable, cpu=cpu, log_path=tmp_path / "c.log").start())
+    assert ("ComfyUI found no GPU. Rerun with --cpu" in str(info.value)) is not cpu

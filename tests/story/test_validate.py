@@ -76,7 +76,12 @@ def test_empty_choice_list_hints_at_missing_models():
     info = copy.deepcopy(INFO)
     info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"] = [[], {}]
     (problem,) = check_prompt(prompt(), info)
-    assert "the server offers no choices for it (is the model/file installed" in problem
+    assert "the server offers no choices for it -> put 'sdxl-test.safetensors' in ComfyUI/models/checkpoints/" in problem
+    info["OtherPackLoader"] = info.pop("CheckpointLoaderSimple")  # a loader whose folder we do not know
+    p = prompt()
+    p["1"]["class_type"] = "OtherPackLoader"
+    (problem,) = check_prompt(p, info)
+    assert "the server offers no choices for it (is the model/file installed in the right models/ folder?)" in problem
 
 
 def test_validate_prompts_groups_scenes_and_names_the_server():
@@ -112,3 +117,16 @@ def test_node_errors_in_plain_words():
                "node_errors": {}}
     assert "install the custom node pack" in str(PromptRejected("http://h", missing))
     assert "not json" in str(PromptRejected("http://h", "not json"))
+
+
+def test_a_missing_model_file_names_comfyuis_folder_for_it():
+    problems = check_prompt(prompt(**{"1__ckpt_name": "sd_xl_base_1.0.safetensors"}), INFO)
+    assert len(problems) == 1 and problems[0].startswith(
+        "node 1 (CheckpointLoaderSimple \"Load Checkpoint\"): input 'ckpt_name' is 'sd_xl_base_1.0.safetensors', "
+        "not offered by this server"), problems
+    assert problems[0].endswith("-> put 'sd_xl_base_1.0.safetensors' in ComfyUI/models/checkpoints/ (the README's "
+                                "\"Models: which file goes where\" says where to download it), then run again")
+    image = check_prompt(prompt(**{"2__image": "bob.png"}), INFO)[0]
+    assert "put 'bob.png' in ComfyUI/input/, or give that node an image in the story file" in image
+    sampler = check_prompt(prompt(**{"7__sampler_name": "eulr"}), INFO)[0]
+    assert "-> put" not in sampler  # not a file
