@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Mapping, NamedTuple
 
+from .workflow_layout import COLUMN_WIDTH, TITLE_HEIGHT, positions as layered_positions
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 SEED_NAMES = {"seed", "noise_seed"}
 
@@ -99,8 +101,16 @@ def ui_to_api(ui: Mapping, specs: Mapping) -> dict:
     return api
 
 
+def _height(spec: Mapping, sockets: int, values: list) -> int:
+    """About the height of a node's body as the editor draws it (the title bar sits above it): slot rows,
+    widget rows, a text box's extra."""
+    multiline = any(options.get("multiline") for _, _, options in _inputs(spec))
+    return 10 + 22 * max(sockets, len(spec["output"])) + 24 * len(values) + (90 if multiline else 0)
+
+
 def api_to_ui(api: Mapping, specs: Mapping, positions: Mapping = None) -> dict:
-    """A UI-format workflow for an API prompt (node ids must be integers, as the editor uses)."""
+    """A UI-format workflow for an API prompt (node ids must be integers, as the editor uses); nodes are laid
+    out left to right by data flow unless `positions` ({node id: (x, y)}) places them."""
     nodes, links = [], []
     outgoing: dict = {}
     for node_id, node in api.items():
@@ -122,11 +132,13 @@ def api_to_ui(api: Mapping, specs: Mapping, positions: Mapping = None) -> dict:
             values.append(slot.default if isinstance(slot, EditorWidget) else node["inputs"][slot])
         outputs = [{"name": output_name, "type": kind, "links": outgoing.get((node_id, slot), []), "slot_index": slot}
                    for slot, (kind, output_name) in enumerate(zip(spec["output"], spec.get("output_name", spec["output"])))]
-        x, y = (positions or {}).get(node_id, (50 + 360 * (order % 5), 50 + 320 * (order // 5)))
         nodes.append({"id": int(node_id), "type": node["class_type"], "title": node.get("_meta", {}).get("title", node["class_type"]),
-                      "pos": [x, y], "size": [320, 60 + 26 * (len(inputs) + len(values))], "flags": {}, "order": order,
+                      "pos": [0, 0], "size": [COLUMN_WIDTH, _height(spec, len(inputs), values)], "flags": {}, "order": order,
                       "mode": 0, "inputs": inputs, "outputs": outputs,
                       "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": values})
+    placed = positions or layered_positions(api, {str(n["id"]): TITLE_HEIGHT + n["size"][1] for n in nodes})
+    for n in nodes:
+        n["pos"] = list(placed[str(n["id"])])
     for link in links:  # the editor stores the target slot index, not the input name
         target = next(n for n in nodes if n["id"] == link[3])
         link[4] = [i["name"] for i in target["inputs"]].index(link[4])

@@ -95,3 +95,31 @@ def test_a_mask_node_saved_by_the_editor_keeps_its_channel(specs):
     saved = {"nodes": [{"id": 3, "type": "LoadImageMask", "inputs": [], "outputs": [],
                         "widgets_values": ["hero_mask.png", "alpha", "image"]}], "links": []}
     assert ui_to_api(saved, specs)["3"]["inputs"] == {"image": "hero_mask.png", "channel": "alpha"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_ui_layout_flows_left_to_right_without_overlaps(path):
+    """What an artist sees on opening the file: every link runs rightwards, no node covers another."""
+    from storymaker_core.workflow_layout import TITLE_HEIGHT
+
+    ui = json.loads((REPO / "workflows" / path.name.replace(".api.json", ".json")).read_text())
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    for _, source, _, target, _, _ in ui["links"]:
+        assert nodes[source]["pos"][0] + nodes[source]["size"][0] < nodes[target]["pos"][0], (source, target)
+    boxes = [(n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in ui["nodes"]]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+
+
+def test_layout_pulls_a_node_right_to_its_first_consumer():
+    from storymaker_core.workflow_layout import columns
+
+    link = lambda node: [node, 0]  # noqa: E731
+    api = {"1": {"inputs": {}}, "2": {"inputs": {"a": link("1")}}, "3": {"inputs": {"a": link("2")}},
+           "4": {"inputs": {}}, "5": {"inputs": {"a": link("3"), "b": link("4"), "c": link("1")}}}
+    assert columns(api) == {"1": 0, "2": 1, "3": 2, "4": 2, "5": 3}
+    api["1"]["inputs"]["loop"] = link("5")
+    with pytest.raises(ValueError, match="cycle"):
+        columns(api)
