@@ -84,6 +84,44 @@ def read_manifest(path: str) -> list:
     return records
 
 
+class PackedRecords(Sequence):
+    """Manifest records stored as one JSON byte buffer + offsets instead of a list of dicts.
+
+    Every training process and data-loader worker holds the records. Forked workers share the parent's
+    memory only until a page is written, and merely reading a Python object writes its reference count:
+    a list of dicts is copied into every worker as it is read (hundreds of thousands of records × workers
+    × GPUs). Two numpy arrays are never written, so they stay shared; a record is decoded when asked for.
+    `benchmarks/dataset_memory.py` measures the difference.
+    """
+
+    def __init__(self, records: Sequence[dict]):
+        encoded = [json.dumps(r, default=_json_default, separators=(",", ":")).encode() for r in records]
+        self._offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+        self._buffer = np.frombuffer(b"".join(encoded), np.uint8) if encoded else np.zeros(0, np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        r = json.loads(self._buffer[self._offsets[index]:self._offsets[index + 1]].tobytes())
+        for c in r["characters"]:
+            c["kps"] = np.asarray(c["kps"], np.float32).reshape(5, 2)
+        return r
+
+    @property
+    def nbytes(self) -> int:
+        return self._buffer.nbytes + self._offsets.nbytes
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def _load_rgb(path: str) -> np.ndarray:
     with Image.open(path) as im:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
@@ -166,7 +204,7 @@ class StoryMakerDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: list, data: DataConfig, drop: DropConfig, seed: int = 0,
                  buckets: Optional[Sequence] = None):
-        self.records, self.data, self.drop, self.seed = records, data, drop, seed
+        self.data, self.drop, self.seed = data, drop, seed
         self.buckets = [tuple(b) for b in (buckets or data.buckets or
                                            make_buckets(data.resolution, data.bucket_step, data.max_aspect))]
         for b in self.buckets:
@@ -176,13 +214,18 @@ class StoryMakerDataset(torch.utils.data.Dataset):
         if too_many:
             raise DatasetError(f"{len(too_many)} records have more than {data.max_characters} characters "
                                f"(e.g. {too_many[:3]}); rebuild the dataset or raise data.max_characters")
-        self.bucket_of = [nearest_bucket(r["height"], r["width"], self.buckets) for r in records]
+        bucket_index = {b: i for i, b in enumerate(self.buckets)}
+        # per-record numbers in numpy arrays, records packed: nothing per record that workers would copy
+        self.bucket_of = np.array([bucket_index[nearest_bucket(r["height"], r["width"], self.buckets)]
+                                   for r in records], np.int32)
+        self.character_counts = np.array([len(r["characters"]) for r in records], np.int32)
+        self.records = records if isinstance(records, PackedRecords) else PackedRecords(records)
 
     def groups(self) -> dict:
         """(bucket, number of characters) -> record indices: the units a batch is drawn from."""
         out: dict = {}
-        for i, (r, b) in enumerate(zip(self.records, self.bucket_of)):
-            out.setdefault((b, len(r["characters"])), []).append(i)
+        for i, (b, n) in enumerate(zip(self.bucket_of.tolist(), self.character_counts.tolist())):
+            out.setdefault((self.buckets[b], n), []).append(i)
         return out
 
     def __len__(self) -> int:
@@ -193,7 +236,7 @@ class StoryMakerDataset(torch.utils.data.Dataset):
         r = self.records[index]
         rng = np.random.default_rng([self.seed, epoch, index])
         try:
-            return self._sample(r, self.bucket_of[index], rng)
+            return self._sample(r, self.buckets[self.bucket_of[index]], rng)
         except (OSError, ValueError, cv2.error) as e:
             raise DatasetError(f"record {r['id']} ({r['image']}): {e}") from e
 

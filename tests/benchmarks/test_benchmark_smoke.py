@@ -32,6 +32,15 @@ def test_prepare_cost_runs_and_prints_a_summary(tmp_path):
     assert result["per_scene_reencoding_s"] == 0.0 and result["attn2_cached_call_s"] > 0
 
 
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="reads Linux's /proc/self/smaps_rollup")
+def test_dataset_memory_runs_and_packed_records_stay_shared():
+    lines = run("dataset_memory.py", "--records", "20000", "--workers", "1", "--rounds", "1")
+    match = SUMMARY.match(lines[-1])
+    assert match and match["name"] == "dataset_memory" and match["unit"] == "MiB", lines[-1]
+    copied_list = float(re.search(r"vs ([0-9.]+) MiB", lines[-1])[1])
+    assert float(match["value"]) < 0.5 * copied_list  # the worker copied the list, not the packed records
+
+
 def comfyui_path():
     comfyui = os.environ.get("COMFYUI_PATH")
     if not comfyui:

@@ -9,6 +9,7 @@ from training.config import DataConfig, DropConfig
 from training.dataset import (
     BucketBatchSampler,
     DatasetError,
+    PackedRecords,
     StoryMakerDataset,
     collate,
     draw_drops,
@@ -22,6 +23,23 @@ from training.dataset import (
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory):
     return toy_manifest(tmp_path_factory.mktemp("toy"), count=6)
+
+
+def test_packed_records_give_back_every_record(manifest):
+    records = read_manifest(str(manifest))
+    packed = PackedRecords(records)
+    assert len(packed) == len(records) and packed.nbytes > 0
+    for original, unpacked in zip(records, [packed[i] for i in range(len(packed))]):
+        assert unpacked.keys() == original.keys() and unpacked["image"] == original["image"]
+        for a, b in zip(original["characters"], unpacked["characters"]):
+            assert b["kps"].dtype == np.float32 and np.array_equal(a["kps"], b["kps"])
+            assert {k: v for k, v in a.items() if k != "kps"} == {k: v for k, v in b.items() if k != "kps"}
+    assert packed[-1]["id"] == records[-1]["id"]
+    with pytest.raises(IndexError):
+        packed[len(records)]
+    ds = StoryMakerDataset(records, DataConfig(manifest=str(manifest), resolution=128), DropConfig())
+    assert isinstance(ds.records, PackedRecords)  # the dataset keeps no per-record Python objects
+    assert all(isinstance(v, np.ndarray) for v in (ds.bucket_of, ds.character_counts))
 
 
 def test_buckets_cover_aspects_at_constant_area():
