@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 import torch
 
-from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention
+from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention, roles_by_cond_uuid
 from .common import CATEGORY, progress_bar
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,16 @@ class ComfyLayerPatch(LayerPatch):
             return optimized_attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
 
         return attention
+
+
+def _with_cond_roles(shared, executor, *args, **kwargs):
+    """OUTER_SAMPLE wrapper: tell the patch which conds (by uuid) are the positive prompt for this sampling;
+    the guider (`executor.class_obj`) names them, while the chunk index differs per guider (DualCFG)."""
+    shared.cond_roles = roles_by_cond_uuid(getattr(executor.class_obj, "conds", None) or {})
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        shared.cond_roles = {}
 
 
 def _region_masks(masks, num_characters):
@@ -104,6 +115,9 @@ class StoryMakerApply:
                                        region_masks=_region_masks([mask_1, mask_2, mask_3], embeds.num_characters),
                                        tokens_per_group=embeds.cond.shape[1])
         shared = StoryMakerAttention(storymaker.projections(layers), embeds.cond, embeds.uncond, settings)
+        from comfy.patcher_extension import WrappersMP
+
+        patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, "storymaker", partial(_with_cond_roles, shared))
         existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
         for layer in layers:
             if layer.is_cross_attention:

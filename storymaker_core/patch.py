@@ -8,8 +8,9 @@ through the layer's `to_out`. The patch adds the image branch:
 
 * Image K/V depend only on the weights and the tokens, so they are computed once per layer, device and
   dtype and then reused for every step and every later sampling.
-* The CFG batch is laid out by `extra_options["cond_or_uncond"]` (`[1, 0]`, `[0]`, `[1, 0, 0]`, ...):
-  positive chunks get the characters' tokens, negative chunks the release's negative tokens.
+* Each chunk of the CFG batch gets tokens by its conditioning's role: the positive prompt the characters',
+  every other (negative, DualCFG's middle, PerpNeg's empty prompt) the release's negative tokens. The host
+  names the roles by cond uuid for the sampling run (`cond_roles`); without them the chunk index decides.
 * A replace already registered under the same key (another pack's) is chained: its output is the text
   branch we add to.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,18 +32,25 @@ _REPORTED_CHUNKS: set = set()  # chunk indices beyond 0/1 already logged
 
 
 def image_token_roles(cond_or_uncond: Sequence[int]) -> tuple:
-    """Which tokens each CFG chunk gets: chunk index 0 the characters', every other index the negative ones.
+    """Roles by chunk index alone, when the host named none: index 0 the characters, every other the negative.
 
-    ComfyUI numbers chunks by their place in the guider's cond list: CFG sends [0 positive, 1 negative];
-    PerpNeg adds 2 (the empty prompt, an unconditional baseline); DualCFG sends 0 negative, 1 middle,
-    2 positive, a layout the index alone cannot tell apart, so it gets the same rule (logged once per layout).
+    ComfyUI numbers chunks by their place in the guider's cond list: CFG sends [0 positive, 1 negative] and
+    PerpNeg [0 positive, 1 negative, 2 empty], but DualCFG [0 negative, 1 middle, 2 positive]: the index
+    alone cannot tell, so indices beyond 0/1 are logged once.
     """
     extra = tuple(sorted({i for i in cond_or_uncond if i not in (POSITIVE, NEGATIVE)}))
     if extra and extra not in _REPORTED_CHUNKS:
         _REPORTED_CHUNKS.add(extra)
-        logger.warning("StoryMaker: the sampler sends CFG chunks %s beyond positive/negative; they get the "
-                       "negative image tokens, only chunk 0 gets the characters", list(extra))
+        logger.warning("StoryMaker: the sampler sends CFG chunks %s beyond positive/negative and did not say "
+                       "which is the positive prompt; only chunk 0 gets the characters", list(extra))
     return tuple(POSITIVE if i == POSITIVE else NEGATIVE for i in cond_or_uncond)
+
+
+def roles_by_cond_uuid(guider_conds: Mapping[str, Sequence[Mapping]]) -> dict:
+    """{cond uuid: role} from a guider's named conds: "positive" gets the characters, every other name
+    (negative, DualCFG's middle, PerpNeg's empty prompt) the negative tokens."""
+    return {c["uuid"]: POSITIVE if name == "positive" else NEGATIVE
+            for name, conds in guider_conds.items() for c in (conds or ()) if "uuid" in c}
 
 
 def patch_key_name(key: tuple) -> str:
@@ -116,6 +124,7 @@ class StoryMakerAttention:
         self._batched: dict = {}  # (key, device, dtype, layout, batch) -> (ip_k, ip_v) [B, L, hidden]
         self._bias: dict = {}  # (h, w, device, dtype) -> [1, h*w, L] or None
         self._step_sigmas, self._step_active = None, True
+        self.cond_roles: dict = {}  # cond uuid -> role for the sampling run in progress, set by the host
 
     def is_active(self, extra_options: dict) -> bool:
         """Inside [start_at, end_at] of sampling? Decided once per step (all layers share one sigmas tensor).
@@ -141,12 +150,19 @@ class StoryMakerAttention:
                                        for kind, tokens in self.tokens.items()}
         return self._kv[cache_key]
 
-    def batched_kv(self, key: tuple, q: Tensor, layout: Sequence[int]) -> tuple:
-        """Image K/V stacked for this CFG layout `[B, L, hidden]`, cached: no copies per step."""
-        cache_key = (key, str(q.device), q.dtype, tuple(layout), q.shape[0])
+    def chunk_roles(self, extra_options: dict) -> tuple:
+        """The role of each CFG chunk of this call: by its cond's uuid when the host named them."""
+        layout = extra_options.get("cond_or_uncond") or [POSITIVE]
+        uuids = extra_options.get("uuids")
+        if self.cond_roles and uuids and len(uuids) == len(layout) and all(u in self.cond_roles for u in uuids):
+            return tuple(self.cond_roles[u] for u in uuids)
+        return image_token_roles(layout)
+
+    def batched_kv(self, key: tuple, q: Tensor, roles: Sequence[int]) -> tuple:
+        """Image K/V stacked for these chunk roles `[B, L, hidden]`, cached: no copies per step."""
+        cache_key = (key, str(q.device), q.dtype, tuple(roles), q.shape[0])
         if cache_key not in self._batched:
             kv = self.image_kv(key, q.device, q.dtype)
-            roles = image_token_roles(layout)
             self._batched[cache_key] = tuple(batch_for_chunks({kind: pair[i] for kind, pair in kv.items()}, roles,
                                                               q.shape[0]) for i in (0, 1))
         return self._batched[cache_key]
@@ -168,7 +184,7 @@ class StoryMakerAttention:
         heads = extra_options["n_heads"]
         if not self.is_active(extra_options):
             return attention(q, k, v, heads, None) if text_attention is None else text_attention
-        ip_k, ip_v = self.batched_kv(key, q, extra_options.get("cond_or_uncond") or [POSITIVE])
+        ip_k, ip_v = self.batched_kv(key, q, self.chunk_roles(extra_options))
         return decoupled_attention(q, k, v, ip_k, ip_v, heads, self.settings.ip_scale,
                                    ip_mask=self.region_bias(extra_options, q), attention=attention,
                                    text_attention=text_attention)

@@ -228,3 +228,51 @@ def test_attention_overrides_reach_the_patch_and_masked_calls_use_sdpa(setup, ma
     image_tokens = embeds.cond.shape[0] * embeds.cond.shape[1]
     assert keys_seen.count(77) == 70  # the text branch of every attn2
     assert keys_seen.count(image_tokens) == (0 if masked else 70)
+
+
+@pytest.mark.parametrize("guider_kind", ["CFGGuider", "DualCFGGuider", "PerpNegGuider"])
+def test_the_positive_prompt_gets_the_characters_under_every_guider(setup, guider_kind, monkeypatch):
+    """Real sampling through ComfyUI's guiders: DualCFG batches [negative, middle, positive], so the chunk
+    index would give the characters to the negative prompt; the roles come from the guider's cond names."""
+    import comfy.samplers
+    from comfy_extras import nodes_custom_sampler, nodes_perpneg
+
+    pack, model, layers, adapter, embeds, state = setup
+    (patched,) = pack.nodes.apply.StoryMakerApply().apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
+    g = torch.Generator().manual_seed(6)
+    cond = lambda: [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]  # noqa: E731
+    positive, negative, middle = cond(), cond(), cond()
+    if guider_kind == "CFGGuider":
+        guider = comfy.samplers.CFGGuider(patched)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(5.0)
+    elif guider_kind == "DualCFGGuider":
+        guider = nodes_custom_sampler.Guider_DualCFG(patched)
+        guider.set_conds(positive, middle, negative)
+        guider.set_cfg(5.0, 3.0)
+    else:
+        guider = nodes_perpneg.Guider_PerpNeg(patched)
+        guider.set_conds(positive, negative, middle)
+        guider.set_cfg(5.0, 1.0)
+    positive_uuids = {c["uuid"] for c in guider.original_conds["positive"]}
+    seen = []
+    shared_cls = type(patched.model_options["transformer_options"]["patches_replace"]["attn2"][layers[1].patch_key].shared)
+    original = shared_cls.chunk_roles
+
+    def spy(self, extra_options):
+        roles = original(self, extra_options)
+        seen.append((list(extra_options["cond_or_uncond"]), list(extra_options["uuids"]), roles))
+        return roles
+
+    monkeypatch.setattr(shared_cls, "chunk_roles", spy)
+    sigmas = torch.tensor([3.0, 1.5, 0.0])
+    with torch.no_grad():
+        guider.sample(torch.randn(1, 4, 16, 16, generator=g), torch.zeros(1, 4, 16, 16), comfy.samplers.sampler_object("euler"),
+                      sigmas, seed=0)
+    assert seen
+    for layout, uuids, roles in seen:
+        assert list(roles) == [0 if u in positive_uuids else 1 for u in uuids], (layout, roles)
+    if guider_kind == "DualCFGGuider":
+        dual = [(layout, roles) for layout, _, roles in seen if sorted(layout) == [0, 1, 2]]
+        assert dual and all(roles[layout.index(2)] == 0 and roles[layout.index(0)] == 1 for layout, roles in dual)
+    assert not next(iter(patched.model_options["transformer_options"]["patches_replace"]["attn2"].values())).shared.cond_roles
