@@ -24,7 +24,7 @@ def test_processor_keys_cover_every_release_lora_tensor(layout):
     assert len(keyed) == 140 * 8
     name = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.processor"
     assert keyed[f"{name}.to_k_lora.down.weight"] is ip_adapter["1.to_k_lora.down.weight"]
-    assert keyed[f"mid_block.attentions.0.transformer_blocks.9.attn2.processor.to_out_lora.up.weight"] \
+    assert keyed["mid_block.attentions.0.transformer_blocks.9.attn2.processor.to_out_lora.up.weight"] \
         is ip_adapter["139.to_out_lora.up.weight"]
     lora_keys = {k for k in ip_adapter if "_lora." in k}
     assert {id(v) for v in keyed.values()} == {id(ip_adapter[k]) for k in lora_keys}

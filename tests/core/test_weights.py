@@ -1,7 +1,6 @@
 """Loading, converting and validating StoryMaker weight files, on the real key layout."""
 
 import os
-import pickle
 
 import pytest
 import torch
