@@ -145,7 +145,8 @@ def clothing_swap() -> dict:
     g = Graph()
     ckpt, sm, face, clip_vision = base(g)
     clothing = g.add("LoadImage", "clothing", image="clothing.png")
-    char = character(g, face, 1, "ava", clothing=out(clothing))
+    # The clothing image replaces the masked character crop, so a mask would be loaded for nothing: none here.
+    char = character(g, face, 1, "ava", with_mask=False, clothing=out(clothing))
     embeds = encode(g, sm, [char], clip_vision)
     model = apply(g, out(ckpt), sm, embeds)
     scene(g, out(model), out(ckpt, 1), out(ckpt, 2), "a woman walking in a park, full body, photo", seed=666)
