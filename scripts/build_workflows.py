@@ -96,7 +96,7 @@ def apply(g: Graph, model, sm, embeds, **extra) -> str:
                  ip_scale=0.8, lora_scale=0.8, start_at=0.0, end_at=1.0, **extra)
 
 
-def one_character(scenes: list, segment: bool = True) -> dict:
+def one_character(scenes: list, segment: bool = False) -> dict:
     g = Graph()
     ckpt, sm, face, clip_vision = base(g)
     if segment:  # no mask: Segment Anything cuts the character out
@@ -203,7 +203,7 @@ WORKFLOWS = {
     "01-one-character-story": lambda: one_character([
         "a woman drinking coffee in a sunny kitchen, morning light, photo",
         "a woman riding a bicycle through a city park, noon, photo",
-        "a woman reading a book by the fireplace, evening, photo"]),
+        "a woman reading a book by the fireplace, evening, photo"]),  # needs only the required models
     "02-two-characters-regions": two_characters_regions,
     "03-pose-guided": pose_guided,
     "04-clothing-swap": clothing_swap,
@@ -211,7 +211,9 @@ WORKFLOWS = {
     "06-character-blend": character_blend,
     "07-save-character": save_character,
     "08-reuse-saved-character": reuse_saved_character,
-    "story-template-one-character": lambda: one_character(["a woman in a sunny kitchen, photo"], segment=False),
+    "09-automatic-mask-sam": lambda: one_character(["a woman drinking coffee in a sunny kitchen, morning light, photo"],
+                                                   segment=True),  # no mask file: Segment Anything makes it
+    "story-template-one-character": lambda: one_character(["a woman in a sunny kitchen, photo"]),
     "story-template-two-characters": two_characters_regions,
 }
 

@@ -25,7 +25,7 @@ def specs():
 def test_there_is_an_example_per_feature():
     names = {p.name.removesuffix(".api.json") for p in WORKFLOWS}
     for feature in ("one-character-story", "two-characters-regions", "pose-guided", "clothing-swap",
-                    "face-only-style-lora", "character-blend", "reuse-saved-character"):
+                    "face-only-style-lora", "character-blend", "reuse-saved-character", "automatic-mask-sam"):
         assert any(feature in n for n in names), feature
     assert all((REPO / "workflows" / f"{n}.json").exists() for n in names)  # a UI file for every API file
 
