@@ -42,6 +42,9 @@ class ScenePlan:
         return self.scene.id
 
 
+CHARACTER_NODE = "StoryMakerCharacterFromImage"
+
+
 def prompt_fingerprint(prompt: dict) -> str:
     return hashlib.sha256(json.dumps(prompt, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
@@ -153,6 +156,10 @@ class _Planner:
             up = self.upload(member.image)
             uploads.append(up)
             values.update({slot: up.name for slot in parts["image"]})
+            for slot in parts["image"]:  # the pack's character node takes the cast name: its errors name them
+                for node_id, input_name in tpl.consumers(slot.node):
+                    if input_name == "image" and tpl.nodes[node_id]["class_type"] == CHARACTER_NODE:
+                        values[Slot(node_id, "name")] = name
             if parts.get("mask"):
                 if member.mask is None:
                     problems.append(f"cast '{name}': {wf} has a mask node for this character "

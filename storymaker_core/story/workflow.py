@@ -91,6 +91,11 @@ class Template:
     def describe(self, node_id: str) -> str:
         return describe_node(node_id, self.nodes)
 
+    def consumers(self, node_id: str) -> list[tuple[str, str]]:
+        """(node id, input name) of every input linked to an output of ``node_id``."""
+        return [(other, name) for other, node in self.nodes.items() for name, value in node["inputs"].items()
+                if is_link(value) and str(value[0]) == node_id]
+
     def fill(self, values: dict[Slot, Any]) -> dict[str, dict]:
         """A new prompt dict with each slot's input set to its value (the template is left untouched)."""
         prompt = copy.deepcopy(self.nodes)

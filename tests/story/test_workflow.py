@@ -222,3 +222,16 @@ def test_per_workflow_bindings_and_image_values(make_story, story_dir):
         load_story(make_story(workflow=duo_spec, cast=cast, scenes=[
             {"prompt": "alone", "characters": ["alice"], "workflow": "workflows/one.json",
              "values": {"region_1": {"image": "masks/left.png"}}}]))
+
+
+def test_the_character_node_takes_the_cast_members_name(make_story, story_dir):
+    """The template says `name: ava`; a scene with ben in slot 1 must not call him ava in its errors."""
+    wf = copy.deepcopy(WORKFLOW)
+    wf["40"] = {"class_type": "StoryMakerCharacterFromImage", "inputs": {"image": ["2", 0], "name": "ava", "face_index": 0}}
+    wf["41"] = {"class_type": "StoryMakerCharacterFromImage", "inputs": {"image": ["9", 0], "name": "keep", "face_index": 0}}
+    path = write_workflow(story_dir, "named.json", wf)
+    cast = [{"name": "ava", "image": "refs/alice.png"}, {"name": "ben", "image": "refs/bob.png"}]
+    ben, ava = plan_story(load_story(make_story(workflow=path, cast=cast, scenes=[
+        {"prompt": "him", "characters": ["ben"]}, {"prompt": "her", "characters": ["ava"]}])))
+    assert ben.prompt["40"]["inputs"]["name"] == "ben" and ava.prompt["40"]["inputs"]["name"] == "ava"
+    assert ben.prompt["41"]["inputs"]["name"] == "keep"  # fed by another node: left alone
