@@ -218,6 +218,55 @@ WORKFLOWS = {
 }
 
 
+ABOUT = {  # what each example shows, for the note at its top (the files it needs are listed after this)
+    "01-one-character-story": "One character, three scenes. Every scene keeps her face, hair and clothes; only the prompt "
+                              "changes, and one seed keeps the look.",
+    "02-two-characters-regions": "Two characters in one image. Each region mask keeps its character on its side "
+                                 "(character 1 = left region); say who is where in the prompt too.",
+    "03-pose-guided": "A character in a pose from an OpenPose image, through ControlNet on both prompts.",
+    "04-clothing-swap": "The character's face and identity from her photo, the outfit from a clothing-only image "
+                        "(no mask needed).",
+    "05-face-only-style-lora": "Face only (`face_only`): the prompt and a style LoRA dress and paint the character.",
+    "06-character-blend": "Two characters blended into a new one; `weight` moves between them (0 = first, 1 = second).",
+    "07-save-character": "Prepares a character once and saves it to `models/storymaker_characters/ava.safetensors`, "
+                         "so later workflows need neither InsightFace nor CLIP vision (see 08).",
+    "08-reuse-saved-character": "A saved character (from 07) in a new scene: no photo, no face analysis.",
+    "09-automatic-mask-sam": "No mask file: Segment Anything cuts the character out around the detected face.",
+    "story-template-one-character": "Template for the story runner (`python -m storymaker_core.story`): it fills the "
+                                    "nodes titled character:1, mask:1, positive, negative, latent, sampler, output.",
+    "story-template-two-characters": "Template for the story runner with two characters and their regions: it fills "
+                                     "character:1/2, mask:1/2, positive, negative, latent, sampler, output.",
+}
+TIPS = ("`ip_scale` is the likeness strength (0.8 as released; lower it for more freedom from the reference), "
+        "`lora_scale` StoryMaker's LoRA. A clear, front-lit photo with the face visible works best.")
+
+
+def note_for(name: str, api: dict) -> str:
+    """Markdown for the note at the top of a UI workflow: what it shows and every file it reads."""
+    from storymaker_core.story.validate import FILE_FOLDERS
+
+    models, images = [], []
+    for node in api.values():
+        for input_name, value in node["inputs"].items():
+            folder = FILE_FOLDERS.get((node["class_type"], input_name))
+            if folder == "input":
+                images.append(f"`{value}`")
+            elif folder:
+                models.append(f"`{folder}/{value}`")
+        if node["class_type"] == "StoryMakerInsightFaceLoader":
+            models.append(f"`models/insightface/models/{node['inputs']['model_name']}/` (the .onnx files)")
+    lines = [ABOUT[name], "", "**Models** (inside `ComfyUI/`; downloads: the pack's README, \"Models\"):"]
+    lines += [f"- {m}" for m in dict.fromkeys(models)]
+    if images:
+        lines += ["", "**Images** (in `ComfyUI/input/`, or pick your own in the image nodes): "
+                  + ", ".join(dict.fromkeys(images))]
+    return "\n".join(lines + ["", TIPS])
+
+
+def ui_workflow(name: str, api: dict, specs: dict) -> dict:
+    return api_to_ui(api, specs, note=note_for(name, api))
+
+
 def main() -> int:
     from support.node_specs import node_specs
 
@@ -227,7 +276,7 @@ def main() -> int:
     for name, build in WORKFLOWS.items():
         api = build()
         (folder / "api" / f"{name}.api.json").write_text(json.dumps(api, indent=2) + "\n")
-        (folder / f"{name}.json").write_text(json.dumps(api_to_ui(api, specs), indent=2) + "\n")
+        (folder / f"{name}.json").write_text(json.dumps(ui_workflow(name, api, specs), indent=2) + "\n")
         print(f"wrote workflows/{name}.json and workflows/api/{name}.api.json ({len(api)} nodes)")
     return 0
 

@@ -18,6 +18,7 @@ from typing import Mapping, NamedTuple
 from .workflow_layout import COLUMN_WIDTH, TITLE_HEIGHT, positions as layered_positions
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+NOTE_TYPES = {"Note", "MarkdownNote"}  # the editor's own text boxes: never sent in a prompt
 SEED_NAMES = {"seed", "noise_seed"}
 
 
@@ -82,7 +83,7 @@ def ui_to_api(ui: Mapping, specs: Mapping) -> dict:
     for node in ui["nodes"]:
         if node.get("mode", 0) == 4:
             raise WorkflowFormatError(f"node {node['id']} ({node['type']}) is bypassed; un-bypass or delete it")
-        if node.get("mode", 0) == 2:
+        if node.get("mode", 0) == 2 or node["type"] in NOTE_TYPES:
             continue
         spec = _spec(specs, node["type"], node["id"])
         inputs = {}
@@ -108,9 +109,24 @@ def _height(spec: Mapping, sockets: int, values: list) -> int:
     return 10 + 22 * max(sockets, len(spec["output"])) + 24 * len(values) + (90 if multiline else 0)
 
 
-def api_to_ui(api: Mapping, specs: Mapping, positions: Mapping = None) -> dict:
+def _note_node(text: str, nodes: list) -> dict:
+    """A markdown note above the top-left of the graph; the other nodes move down to make room."""
+    width = 2 * COLUMN_WIDTH + 60
+    lines = sum(max(1, -(-len(line) // 80)) for line in text.splitlines())  # ~80 characters a line at this width
+    height = 30 + 15 * lines
+    left = min(n["pos"][0] for n in nodes)
+    top = min(n["pos"][1] for n in nodes)
+    for n in nodes:
+        n["pos"][1] += height + TITLE_HEIGHT + 40
+    return {"id": max(n["id"] for n in nodes) + 1, "type": "MarkdownNote", "title": "About this workflow",
+            "pos": [left, top], "size": [width, height], "flags": {}, "order": len(nodes), "mode": 0,
+            "inputs": [], "outputs": [], "properties": {}, "widgets_values": [text]}
+
+
+def api_to_ui(api: Mapping, specs: Mapping, positions: Mapping = None, note: str = None) -> dict:
     """A UI-format workflow for an API prompt (node ids must be integers, as the editor uses); nodes are laid
-    out left to right by data flow unless `positions` ({node id: (x, y)}) places them."""
+    out left to right by data flow unless `positions` ({node id: (x, y)}) places them. `note` (markdown)
+    goes in a note above the graph: what the workflow shows and which files it needs."""
     nodes, links = [], []
     outgoing: dict = {}
     for node_id, node in api.items():
@@ -139,6 +155,8 @@ def api_to_ui(api: Mapping, specs: Mapping, positions: Mapping = None) -> dict:
     placed = positions or layered_positions(api, {str(n["id"]): TITLE_HEIGHT + n["size"][1] for n in nodes})
     for n in nodes:
         n["pos"] = list(placed[str(n["id"])])
+    if note:
+        nodes.append(_note_node(note, nodes))
     for link in links:  # the editor stores the target slot index, not the input name
         target = next(n for n in nodes if n["id"] == link[3])
         link[4] = [i["name"] for i in target["inputs"]].index(link[4])

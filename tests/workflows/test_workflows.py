@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from storymaker_core.story.validate import check_prompt
-from storymaker_core.workflow_format import SEED_CONTROL, UPLOAD_BUTTON, api_to_ui, ui_to_api, widget_slots
+from storymaker_core.workflow_format import SEED_CONTROL, UPLOAD_BUTTON, ui_to_api, widget_slots
 from support.node_specs import node_specs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +62,13 @@ def test_files_are_what_the_generator_writes(specs):
         api = build()
         assert json.loads((REPO / "workflows" / "api" / f"{name}.api.json").read_text()) == api, \
             f"{name}: run python scripts/build_workflows.py"
-        assert json.loads((REPO / "workflows" / f"{name}.json").read_text()) == json.loads(json.dumps(api_to_ui(api, specs)))
+        ui = json.loads((REPO / "workflows" / f"{name}.json").read_text())
+        assert ui == json.loads(json.dumps(build_workflows.ui_workflow(name, api, specs)))
+        note = next(n for n in ui["nodes"] if n["type"] == "MarkdownNote")["widgets_values"][0]
+        for node in api.values():  # the note names every file the workflow reads
+            for value in node["inputs"].values():
+                if isinstance(value, str) and value.endswith((".safetensors", ".bin", ".pth", ".png")):
+                    assert f"{value}`" in note, (name, value)
 
 
 def test_validator_reports_broken_workflows(specs):
