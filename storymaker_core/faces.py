@@ -93,6 +93,26 @@ class FaceIndexError(FaceAnalysisError, IndexError):
     """A face index was asked for that the image does not have."""
 
 
+# The face crop is aligned to 224 px for CLIP and ArcFace aligns to 112: a smaller face is upscaled and
+# loses the detail that carries the likeness. Below this confidence the detector is unsure (profile,
+# occlusion, blur), and so is the identity it embeds.
+SMALL_FACE_PX = 96
+WEAK_DET_SCORE = 0.6
+
+
+def _warn_if_weak(face: "DetectedFace", image_name: str) -> None:
+    """Warn about a reference that will work but hold the likeness poorly, saying how to do better."""
+    x1, y1, x2, y2 = (float(v) for v in face.bbox)
+    side = min(x2 - x1, y2 - y1)
+    if side < SMALL_FACE_PX:
+        logger.warning("%s: the face is only %d px across; below ~%d px it is upscaled and the likeness suffers. "
+                       "Use a closer or higher-resolution photo of the character.", image_name, side, SMALL_FACE_PX)
+    if face.det_score < WEAK_DET_SCORE:
+        logger.warning("%s: the face was found with low confidence (%.2f): a turned, hidden or blurred face "
+                       "gives a weaker identity. A clear, front-facing photo keeps the likeness best.",
+                       image_name, face.det_score)
+
+
 # --------------------------------------------------------------------------- data
 @dataclass(frozen=True)
 class DetectedFace:
@@ -395,6 +415,7 @@ class FaceAnalyzer:
         if len(faces) > 1:
             logger.warning("%s has %d faces; using face %d by size (0 = largest). Set face_index or crop the image "
                            "if this is not the character.", image_name, len(faces), index)
+        _warn_if_weak(faces[index], image_name)
         return faces[index]
 
     def largest_face(self, image_rgb_uint8: np.ndarray, image_name: str = "image") -> DetectedFace:

@@ -233,3 +233,22 @@ def test_resolve_providers_mapping():
 def test_det_size_validation(tmp_path, bad):
     with pytest.raises(ValueError, match="multiple of 32"):  # checked before anything is loaded
         F.FaceAnalyzer(root=tmp_path, providers="CPU", det_size=bad)
+
+
+def test_small_or_unsure_faces_are_warned_about(tmp_path, caplog):
+    _need_models()
+    weak = F.FaceAnalyzer(root=write_tiny_insightface(tmp_path, faces=[face_at(300, 300, 70, score=0.5)]),
+                          providers="CPU")
+    img = blank_image()
+    paint_face(img, face_at(300, 300, 70, score=0.5), face_pattern(3))
+    with caplog.at_level(logging.WARNING, logger="storymaker_core.faces"):
+        weak.select_face(img, "far.png")
+    assert "far.png: the face is only 70 px across" in caplog.text
+    assert "far.png: the face was found with low confidence (0.50)" in caplog.text
+
+
+def test_a_clear_large_face_gives_no_warning(analyzer, caplog):
+    img = _scene(face_pattern(1), face_pattern(2))
+    with caplog.at_level(logging.WARNING, logger="storymaker_core.faces"):
+        analyzer.select_face(img, "near.png", index=0)  # 180 px, score 0.9
+    assert "near.png: the face" not in caplog.text
