@@ -119,6 +119,10 @@ class StoryMakerApply:
 
         patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, "storymaker", partial(_with_cond_roles, shared))
         existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+        if any(isinstance(p, LayerPatch) for p in existing.values()):
+            logger.warning("Apply StoryMaker: the model already went through Apply StoryMaker; the image branches add "
+                           "up and StoryMaker's LoRA is applied a second time. Put all characters in one Encode "
+                           "StoryMaker Characters and apply once.")
         for layer in layers:
             if layer.is_cross_attention:
                 key = layer.patch_key

@@ -276,3 +276,13 @@ def test_the_positive_prompt_gets_the_characters_under_every_guider(setup, guide
         dual = [(layout, roles) for layout, _, roles in seen if sorted(layout) == [0, 1, 2]]
         assert dual and all(roles[layout.index(2)] == 0 and roles[layout.index(0)] == 1 for layout, roles in dual)
     assert not next(iter(patched.model_options["transformer_options"]["patches_replace"]["attn2"].values())).shared.cond_roles
+
+
+def test_applying_twice_is_warned_about(setup, caplog):
+    pack, model, layers, adapter, embeds, state = setup
+    apply = pack.nodes.apply.StoryMakerApply()
+    (once,) = apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
+    assert "already went through Apply StoryMaker" not in caplog.text
+    with caplog.at_level("WARNING"):
+        apply.apply(once, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
+    assert "already went through Apply StoryMaker" in caplog.text and "apply once" in caplog.text
