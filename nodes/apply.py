@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import logging
-from functools import partial
 
 import torch
 
-from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention, roles_by_cond_uuid
+from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention, roles_of_cond_lists
 from .common import CATEGORY, progress_bar
 
 logger = logging.getLogger(__name__)
@@ -30,14 +29,36 @@ class ComfyLayerPatch(LayerPatch):
         return attention
 
 
-def _with_cond_roles(shared, executor, *args, **kwargs):
-    """OUTER_SAMPLE wrapper: tell the patch which conds (by uuid) are the positive prompt for this sampling;
-    the guider (`executor.class_obj`) names them, while the chunk index differs per guider (DualCFG)."""
-    shared.cond_roles = roles_by_cond_uuid(getattr(executor.class_obj, "conds", None) or {})
-    try:
-        return executor(*args, **kwargs)
-    finally:
-        shared.cond_roles = {}
+class GuiderRoles:
+    """Tells the patch which batched cond list is the positive prompt. ComfyUI numbers the chunks of a model
+    call by their list's place in the guider's call (CFG [positive, negative], DualCFG [negative, middle,
+    positive]); the guider names its lists. Two wrappers: OUTER_SAMPLE sees the guider, CALC_COND_BATCH
+    the lists of each call (matched by identity: area conds copied across lists keep their uuid)."""
+
+    def __init__(self, shared: StoryMakerAttention):
+        self.shared, self.guider = shared, None
+
+    def outer_sample(self, executor, *args, **kwargs):
+        previous, self.guider = self.guider, executor.class_obj
+        try:
+            return executor(*args, **kwargs)
+        finally:
+            self.guider = previous
+
+    def calc_cond_batch(self, executor, model, conds, *args, **kwargs):
+        named = getattr(self.guider, "conds", None)
+        positive = named.get("positive") if isinstance(named, dict) else None
+        previous, self.shared.cond_list_roles = self.shared.cond_list_roles, roles_of_cond_lists(conds, positive)
+        try:
+            return executor(model, conds, *args, **kwargs)
+        finally:
+            self.shared.cond_list_roles = previous
+
+    def install(self, patcher) -> None:
+        from comfy.patcher_extension import WrappersMP
+
+        patcher.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, "storymaker", self.outer_sample)
+        patcher.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, "storymaker", self.calc_cond_batch)
 
 
 def _region_masks(masks, num_characters):
@@ -115,14 +136,12 @@ class StoryMakerApply:
                                        region_masks=_region_masks([mask_1, mask_2, mask_3], embeds.num_characters),
                                        tokens_per_group=embeds.cond.shape[1])
         shared = StoryMakerAttention(storymaker.projections(layers), embeds.cond, embeds.uncond, settings)
-        from comfy.patcher_extension import WrappersMP
-
-        patched.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, "storymaker", partial(_with_cond_roles, shared))
+        GuiderRoles(shared).install(patched)
         existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
         if any(isinstance(p, LayerPatch) for p in existing.values()):
             logger.warning("Apply StoryMaker: the model already went through Apply StoryMaker; the image branches add "
-                           "up and StoryMaker's LoRA is applied a second time. Put all characters in one Encode "
-                           "StoryMaker Characters and apply once.")
+                           "up (and StoryMaker's LoRA, unless a lora_scale is 0, is applied twice). Put all "
+                           "characters in one Encode StoryMaker Characters and apply once.")
         for layer in layers:
             if layer.is_cross_attention:
                 key = layer.patch_key

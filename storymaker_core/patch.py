@@ -10,7 +10,8 @@ through the layer's `to_out`. The patch adds the image branch:
   dtype and then reused for every step and every later sampling.
 * Each chunk of the CFG batch gets tokens by its conditioning's role: the positive prompt the characters',
   every other (negative, DualCFG's middle, PerpNeg's empty prompt) the release's negative tokens. The host
-  names the roles by cond uuid for the sampling run (`cond_roles`); without them the chunk index decides.
+  says which of the cond lists batched in this call is the positive one (`cond_list_roles`); without it
+  the chunk index decides.
 * A replace already registered under the same key (another pack's) is chained: its output is the text
   branch we add to.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -46,11 +47,13 @@ def image_token_roles(cond_or_uncond: Sequence[int]) -> tuple:
     return tuple(POSITIVE if i == POSITIVE else NEGATIVE for i in cond_or_uncond)
 
 
-def roles_by_cond_uuid(guider_conds: Mapping[str, Sequence[Mapping]]) -> dict:
-    """{cond uuid: role} from a guider's named conds: "positive" gets the characters, every other name
-    (negative, DualCFG's middle, PerpNeg's empty prompt) the negative tokens."""
-    return {c["uuid"]: POSITIVE if name == "positive" else NEGATIVE
-            for name, conds in guider_conds.items() for c in (conds or ()) if "uuid" in c}
+def roles_of_cond_lists(cond_lists: Sequence, positive) -> Optional[tuple]:
+    """The role of each cond list a host batches into one model call: the list that *is* the guider's
+    positive one gets the characters, every other the negative tokens. None (decide by index) when the
+    positive list is not among them or unknown: a guider without one, or lists rebuilt on the way."""
+    if positive is None or not any(c is positive for c in cond_lists):
+        return None
+    return tuple(POSITIVE if c is positive else NEGATIVE for c in cond_lists)
 
 
 def patch_key_name(key: tuple) -> str:
@@ -124,7 +127,7 @@ class StoryMakerAttention:
         self._batched: dict = {}  # (key, device, dtype, layout, batch) -> (ip_k, ip_v) [B, L, hidden]
         self._bias: dict = {}  # (h, w, device, dtype) -> [1, h*w, L] or None
         self._step_sigmas, self._step_active = None, True
-        self.cond_roles: dict = {}  # cond uuid -> role for the sampling run in progress, set by the host
+        self.cond_list_roles: Optional[tuple] = None  # role per cond list of the model call in progress (host)
 
     def is_active(self, extra_options: dict) -> bool:
         """Inside [start_at, end_at] of sampling? Decided once per step (all layers share one sigmas tensor).
@@ -151,11 +154,11 @@ class StoryMakerAttention:
         return self._kv[cache_key]
 
     def chunk_roles(self, extra_options: dict) -> tuple:
-        """The role of each CFG chunk of this call: by its cond's uuid when the host named them."""
+        """The role of each CFG chunk of this call: chunk values index the cond lists the host batched."""
         layout = extra_options.get("cond_or_uncond") or [POSITIVE]
-        uuids = extra_options.get("uuids")
-        if self.cond_roles and uuids and len(uuids) == len(layout) and all(u in self.cond_roles for u in uuids):
-            return tuple(self.cond_roles[u] for u in uuids)
+        roles = self.cond_list_roles
+        if roles is not None and all(0 <= i < len(roles) for i in layout):
+            return tuple(roles[i] for i in layout)
         return image_token_roles(layout)
 
     def batched_kv(self, key: tuple, q: Tensor, roles: Sequence[int]) -> tuple:

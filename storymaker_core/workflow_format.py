@@ -48,21 +48,29 @@ class EditorWidget(NamedTuple):
 
 
 SEED_CONTROL = EditorWidget("control_after_generate", "fixed")  # added right after its seed widget
-UPLOAD_BUTTON = EditorWidget("upload", "image")  # added after all of the node's other widgets
+UPLOAD_BUTTON = EditorWidget("upload", "image")  # added after the node's required widgets
+UPLOAD_FLAGS = ("image_upload", "video_upload", "animated_image_upload")
 
 
 def widget_slots(spec: Mapping) -> list:
     """`widgets_values` order as the editor builds it: input names, and `EditorWidget`s where the editor adds
-    its own (checked in a real editor by tests/comfyui/test_workflows_in_editor.py)."""
+    its own: a seed's control right after it, an upload button after the required widgets (checked in a
+    real editor by tests/comfyui/test_workflows_in_editor.py)."""
     slots, upload = [], False
-    for name, kind, options in _inputs(spec):
-        if not is_widget(kind, options):
-            continue
-        slots.append(name)
-        if (kind == "INT" and name in SEED_NAMES) or options.get("control_after_generate"):
-            slots.append(SEED_CONTROL)
-        upload = upload or bool(options.get("image_upload"))
-    return slots + [UPLOAD_BUTTON] if upload else slots
+    for section in ("required", "optional"):
+        for name, entry in spec.get("input", {}).get(section, {}).items():
+            kind = entry[0]
+            options = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
+            if not is_widget(kind, options):
+                continue
+            slots.append(name)
+            control = options.get("control_after_generate")
+            if control or (control is None and kind == "INT" and name in SEED_NAMES):
+                slots.append(SEED_CONTROL)
+            upload = upload or (section == "required" and any(options.get(f) for f in UPLOAD_FLAGS))
+        if section == "required" and upload:
+            slots.append(UPLOAD_BUTTON)
+    return slots
 
 
 def socket_inputs(spec: Mapping) -> list:
@@ -152,10 +160,11 @@ def api_to_ui(api: Mapping, specs: Mapping, positions: Mapping = None, note: str
                       "pos": [0, 0], "size": [COLUMN_WIDTH, _height(spec, len(inputs), values)], "flags": {}, "order": order,
                       "mode": 0, "inputs": inputs, "outputs": outputs,
                       "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": values})
-    placed = positions or layered_positions(api, {str(n["id"]): TITLE_HEIGHT + n["size"][1] for n in nodes})
+    placed = layered_positions(api, {str(n["id"]): TITLE_HEIGHT + n["size"][1] for n in nodes})
+    placed.update(positions or {})
     for n in nodes:
         n["pos"] = list(placed[str(n["id"])])
-    if note:
+    if note and nodes:
         nodes.append(_note_node(note, nodes))
     for link in links:  # the editor stores the target slot index, not the input name
         target = next(n for n in nodes if n["id"] == link[3])

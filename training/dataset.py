@@ -102,7 +102,10 @@ class PackedRecords(Sequence):
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index):
+        """A fresh copy of record `index` (a list for a slice): editing it does not change the stored one."""
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
         if not -len(self) <= index < len(self):
             raise IndexError(index)
         index %= len(self)
@@ -117,7 +120,7 @@ class PackedRecords(Sequence):
 
 
 def _json_default(value):
-    if isinstance(value, np.ndarray):
+    if isinstance(value, (np.ndarray, np.generic)):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 

@@ -230,18 +230,25 @@ def test_attention_overrides_reach_the_patch_and_masked_calls_use_sdpa(setup, ma
     assert keys_seen.count(image_tokens) == (0 if masked else 70)
 
 
-@pytest.mark.parametrize("guider_kind", ["CFGGuider", "DualCFGGuider", "PerpNegGuider"])
-def test_the_positive_prompt_gets_the_characters_under_every_guider(setup, guider_kind, monkeypatch):
-    """Real sampling through ComfyUI's guiders: DualCFG batches [negative, middle, positive], so the chunk
-    index would give the characters to the negative prompt; the roles come from the guider's cond names."""
+@pytest.mark.parametrize("guider_kind, area", [("CFGGuider", False), ("CFGGuider", True), ("DualCFGGuider", False),
+                                              ("DualCFGGuider", True), ("PerpNegGuider", False)])
+def test_the_positive_prompt_gets_the_characters_under_every_guider(setup, guider_kind, area, monkeypatch):
+    """Real sampling through ComfyUI's guiders. The positive prompt's text is all zeros, every other prompt
+    random, so a chunk is the positive prompt exactly when its text keys are zero (to_k has no bias): that
+    chunk, and only it, must get the characters. DualCFG batches [negative, middle, positive]; an area cond
+    is copied into the other lists (with the positive's uuid but their text)."""
     import comfy.samplers
     from comfy_extras import nodes_custom_sampler, nodes_perpneg
 
     pack, model, layers, adapter, embeds, state = setup
     (patched,) = pack.nodes.apply.StoryMakerApply().apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
     g = torch.Generator().manual_seed(6)
-    cond = lambda: [[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]]  # noqa: E731
-    positive, negative, middle = cond(), cond(), cond()
+    pooled = lambda: {"pooled_output": torch.randn(1, 1280, generator=g)}  # noqa: E731
+    positive = [[torch.zeros(1, 77, 2048), pooled()]]
+    if area:  # ConditioningSetArea on the top-left quarter (latent units: h, w, y, x)
+        positive.append([torch.zeros(1, 77, 2048), {**pooled(), "area": (8, 8, 0, 0), "strength": 1.0,
+                                                    "set_area_to_bounds": False}])
+    negative, middle = ([[torch.randn(1, 77, 2048, generator=g), pooled()]] for _ in range(2))
     if guider_kind == "CFGGuider":
         guider = comfy.samplers.CFGGuider(patched)
         guider.set_conds(positive, negative)
@@ -254,28 +261,25 @@ def test_the_positive_prompt_gets_the_characters_under_every_guider(setup, guide
         guider = nodes_perpneg.Guider_PerpNeg(patched)
         guider.set_conds(positive, negative, middle)
         guider.set_cfg(5.0, 1.0)
-    positive_uuids = {c["uuid"] for c in guider.original_conds["positive"]}
     seen = []
-    shared_cls = type(patched.model_options["transformer_options"]["patches_replace"]["attn2"][layers[1].patch_key].shared)
-    original = shared_cls.chunk_roles
+    patch_cls = type(patched.model_options["transformer_options"]["patches_replace"]["attn2"][layers[1].patch_key])
+    original = patch_cls.__call__
 
-    def spy(self, extra_options):
-        roles = original(self, extra_options)
-        seen.append((list(extra_options["cond_or_uncond"]), list(extra_options["uuids"]), roles))
-        return roles
+    def spy(self, q, k, v, extra_options):
+        chunks = len(extra_options["cond_or_uncond"])
+        text_is_positive = [bool(part.abs().max() == 0) for part in k.chunk(chunks)]
+        seen.append((list(extra_options["cond_or_uncond"]), text_is_positive, self.shared.chunk_roles(extra_options)))
+        return original(self, q, k, v, extra_options)
 
-    monkeypatch.setattr(shared_cls, "chunk_roles", spy)
-    sigmas = torch.tensor([3.0, 1.5, 0.0])
+    monkeypatch.setattr(patch_cls, "__call__", spy)
     with torch.no_grad():
-        guider.sample(torch.randn(1, 4, 16, 16, generator=g), torch.zeros(1, 4, 16, 16), comfy.samplers.sampler_object("euler"),
-                      sigmas, seed=0)
+        guider.sample(torch.randn(1, 4, 16, 16, generator=g), torch.zeros(1, 4, 16, 16),
+                      comfy.samplers.sampler_object("euler"), torch.tensor([3.0, 1.5, 0.0]), seed=0)
     assert seen
-    for layout, uuids, roles in seen:
-        assert list(roles) == [0 if u in positive_uuids else 1 for u in uuids], (layout, roles)
-    if guider_kind == "DualCFGGuider":
-        dual = [(layout, roles) for layout, _, roles in seen if sorted(layout) == [0, 1, 2]]
-        assert dual and all(roles[layout.index(2)] == 0 and roles[layout.index(0)] == 1 for layout, roles in dual)
-    assert not next(iter(patched.model_options["transformer_options"]["patches_replace"]["attn2"].values())).shared.cond_roles
+    for layout, text_is_positive, roles in seen:
+        assert [role == 0 for role in roles] == text_is_positive, (layout, roles)
+    assert any(any(t) for _, t, _ in seen) and any(not all(t) for _, t, _ in seen)  # both kinds were batched
+    assert next(iter(patched.model_options["transformer_options"]["patches_replace"]["attn2"].values())).shared.cond_list_roles is None
 
 
 def test_applying_twice_is_warned_about(setup, caplog):

@@ -4,8 +4,8 @@ Artists open `workflows/*.json` in the editor; a widget value in the wrong slot 
 picker's upload button after *all* other widgets, not after the picker) silently changes a setting. Here
 headless Chromium loads each file and the editor itself
 * turns it into the prompt it would queue: it must equal its twin in `workflows/api/`, and
-* saves it again: our `ui_to_api` must read that save back to the same prompt (the story runner reads
-  templates that artists saved in the editor).
+* saves it again: our `ui_to_api` must read that save back to the same prompt (it is how the generator's
+  UI files are checked offline, so it must read the editor's files as the editor does).
 
 Needs COMFYUI_PATH, ComfyUI's requirements (its frontend package), the `playwright` Python package and a
 Chromium (`apt install chromium`, or CHROMIUM_PATH); skipped, saying which is missing, otherwise.

@@ -7,7 +7,7 @@ import torch
 
 from storymaker_core.attention import region_attention_bias, sdpa_attention
 from storymaker_core.patch import (NEGATIVE, POSITIVE, ImageBranchSettings, ImageProjections, LayerPatch,
-                                   StoryMakerAttention, roles_by_cond_uuid)
+                                   StoryMakerAttention, roles_of_cond_lists)
 from support import measured, relative_error
 
 HEADS, HIDDEN, CTX, KEY = 2, 16, 32, ("input", 4, 0)
@@ -175,24 +175,25 @@ def test_chunks_beyond_positive_and_negative_get_the_negative_tokens(parts, capl
     assert "[2]" in caplog.text and "only chunk 0 gets the characters" in caplog.text
 
 
-def test_named_cond_roles_decide_over_the_chunk_index(parts, caplog):
-    """DualCFG sends [0 negative, 1 middle, 2 positive]: with the guider's conds named, chunk 2 gets the
-    characters and nothing is logged; a uuid the host did not name falls back to the index rule."""
+def test_the_host_named_positive_list_decides_over_the_chunk_index(parts, caplog):
+    """DualCFG batches [0 negative, 1 middle, 2 positive]: with the positive list named, chunk 2 gets the
+    characters and nothing is logged; without it (or when the host's lists do not hold it) the index decides."""
     weights, cond, uncond, (q, k, v) = parts
-    guider_conds = {"negative": [{"uuid": "n"}], "middle": [{"uuid": "m"}], "positive": [{"uuid": "p1"}, {"uuid": "p2"}],
-                    "empty": [{"no uuid": 1}]}
-    roles = roles_by_cond_uuid(guider_conds)
-    assert roles == {"n": NEGATIVE, "m": NEGATIVE, "p1": POSITIVE, "p2": POSITIVE}
+    negative, middle, positive = [{"uuid": "n"}], [{"uuid": "m"}], [{"uuid": "p"}]
+    assert roles_of_cond_lists([negative, middle, positive], positive) == (NEGATIVE, NEGATIVE, POSITIVE)
+    assert roles_of_cond_lists([negative, list(positive)], positive) is None  # an equal copy is not the list
+    assert roles_of_cond_lists([negative, middle], None) is None
     shared = StoryMakerAttention(ImageProjections(weights), cond, uncond, ImageBranchSettings(ip_scale=0.7, tokens_per_group=4))
-    shared.cond_roles = roles
+    shared.cond_list_roles = roles_of_cond_lists([negative, middle, positive], positive)
     with caplog.at_level("WARNING"):
-        out = LayerPatch(shared, KEY)(q, k, v, {**options([0, 1, 2]), "uuids": ["n", "m", "p2"]})
-    measured("attn2 patch, DualCFG chunks named by uuid, vs float64 reference",
+        out = LayerPatch(shared, KEY)(q, k, v, options([0, 1, 2]))
+    measured("attn2 patch, DualCFG layout with the positive list named, vs float64 reference",
              relative_error(out, reference(weights, [uncond] * 4 + [cond] * 2, q, k, v, 0.7)), 1e-5)
     assert "beyond positive/negative" not in caplog.text
-    assert shared.chunk_roles({**options([0, 1]), "uuids": ["p1", "unknown"]}) == (POSITIVE, NEGATIVE)  # by index
-    shared.cond_roles = {}
-    assert shared.chunk_roles({**options([1, 0]), "uuids": ["p1", "n"]}) == (NEGATIVE, POSITIVE)
+    assert shared.chunk_roles(options([2, 0])) == (POSITIVE, NEGATIVE)  # chunk order follows the batching
+    assert shared.chunk_roles(options([0, 3])) == (POSITIVE, NEGATIVE)  # an index beyond the lists: index rule
+    shared.cond_list_roles = None
+    assert shared.chunk_roles(options([1, 0])) == (NEGATIVE, POSITIVE)
 
 
 def test_a_region_mask_of_another_aspect_is_reported_once(parts, caplog):

@@ -37,6 +37,10 @@ def test_packed_records_give_back_every_record(manifest):
     assert packed[-1]["id"] == records[-1]["id"]
     with pytest.raises(IndexError):
         packed[len(records)]
+    assert [r["id"] for r in packed[1:3]] == [r["id"] for r in records[1:3]]
+    packed[0]["caption"] = "edited"
+    assert packed[0]["caption"] == records[0]["caption"]  # records are a snapshot
+    assert PackedRecords([{"characters": [], "score": np.float32(0.5)}])[0]["score"] == 0.5
     ds = StoryMakerDataset(records, DataConfig(manifest=str(manifest), resolution=128), DropConfig())
     assert isinstance(ds.records, PackedRecords)  # the dataset keeps no per-record Python objects
     assert all(isinstance(v, np.ndarray) for v in (ds.bucket_of, ds.character_counts))

@@ -95,6 +95,9 @@ def test_widget_order_is_the_editors(specs):
     assert widget_slots(specs["LoadImageMask"]) == ["image", "channel", UPLOAD_BUTTON]
     assert widget_slots(specs["LoadImage"]) == ["image", UPLOAD_BUTTON]
     assert widget_slots(specs["KSampler"])[:3] == ["seed", SEED_CONTROL, "steps"]
+    spec = {"input": {"required": {"video": [["a.mp4"], {"video_upload": True}], "seed": ["INT", {"control_after_generate": False}]},
+                      "optional": {"frames": ["INT", {}], "noise_seed": ["INT", {}]}}}
+    assert widget_slots(spec) == ["video", "seed", UPLOAD_BUTTON, "frames", "noise_seed", SEED_CONTROL]
 
 
 def test_a_mask_node_saved_by_the_editor_keeps_its_channel(specs):
