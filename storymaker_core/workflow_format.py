@@ -26,10 +26,10 @@ class WorkflowFormatError(ValueError):
     """A workflow that does not match the node specs, naming the node and input."""
 
 
-def _inputs(spec: Mapping) -> list:
+def _inputs(spec: Mapping, sections=("required", "optional")) -> list:
     """[(name, type_or_choices, options)] in declaration order, required first."""
     out = []
-    for section in ("required", "optional"):
+    for section in sections:
         for name, entry in spec.get("input", {}).get(section, {}).items():
             out.append((name, entry[0], entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}))
     return out
@@ -58,9 +58,7 @@ def widget_slots(spec: Mapping) -> list:
     real editor by tests/comfyui/test_workflows_in_editor.py)."""
     slots, upload = [], False
     for section in ("required", "optional"):
-        for name, entry in spec.get("input", {}).get(section, {}).items():
-            kind = entry[0]
-            options = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
+        for name, kind, options in _inputs(spec, (section,)):
             if not is_widget(kind, options):
                 continue
             slots.append(name)

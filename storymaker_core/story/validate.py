@@ -52,11 +52,11 @@ FILE_FOLDERS = {
 }
 
 
-def where_the_file_goes(class_type: str, input_name: str, value: Any) -> str:
-    """What to do when a loader's file is missing on the server, naming ComfyUI's folder for it."""
+def where_the_file_goes(class_type: str, input_name: str, value: Any, choices: list) -> str:
+    """What to do when a loader's file is not among the server's `choices`, naming ComfyUI's folder for it."""
     folder = FILE_FOLDERS.get((class_type, input_name))
     if folder is None:
-        return ""
+        return "" if choices else " (is the model/file installed in the right models/ folder?)"
     if folder == "input":
         return f" -> put {value!r} in ComfyUI/input/, or give that node an image in the story file (the runner uploads it)"
     if folder == "models/storymaker_characters":
@@ -157,11 +157,9 @@ def check_prompt(prompt: dict, object_info: dict) -> list[str]:
                 continue  # ComfyUI ignores inputs a node does not declare
             problem = check_value(prompt, object_info, value, spec)
             if problem:
-                if "not offered by this server" in problem:
-                    hint = where_the_file_goes(class_type, name, value)
-                    if not hint and "offers no choices" in problem:
-                        hint = " (is the model/file installed in the right models/ folder?)"
-                    problem += hint
+                choices = combo_choices(spec) if isinstance(spec, (list, tuple)) and not is_link(value) else None
+                if choices is not None and value not in choices:  # a file the server does not have?
+                    problem += where_the_file_goes(class_type, name, value, choices)
                 problems.append(f"{who}: input '{name}' {problem}")
     if not has_output:
         problems.append("the workflow has no output node (such as SaveImage), so nothing would be saved")
