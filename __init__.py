@@ -2,9 +2,15 @@
 
 ComfyUI imports this file; it registers the model folders and exports the nodes. Optional dependencies
 (insightface, segment-anything) are imported by the nodes that use them, so the pack always loads.
+
+When the ComfyUI server loads the pack, it also creates its model folders if they are missing (so a fresh
+ComfyUI shows where each file goes) and adds the read-only ``/storymaker/inspect`` route the story runner
+uses to check model files before it queues a story. Imported as a library (tests, scripts), it touches no disk.
 """
 
+import logging
 import os
+import sys
 
 try:
     import folder_paths
@@ -26,5 +32,17 @@ if folder_paths is not None:
         folder_paths.add_model_folder_path(_name, os.path.join(folder_paths.models_dir, _name))
         _paths, _known = folder_paths.folder_names_and_paths[_name]
         folder_paths.folder_names_and_paths[_name] = (_paths, set(_known) | _extensions)
+
+    # ComfyUI's server module is loaded (and its PromptServer made) before custom nodes are imported
+    _prompt_server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    if _prompt_server is not None:
+        for _folder in ("storymaker", "storymaker_characters", os.path.join("insightface", "models"), "sams"):
+            try:
+                os.makedirs(os.path.join(folder_paths.models_dir, _folder), exist_ok=True)
+            except OSError as _exc:  # a read-only install still works with extra_model_paths.yaml
+                logging.getLogger("StoryMaker").warning("StoryMaker: could not create models/%s: %s", _folder, _exc)
+        from .nodes.routes import register as _register_routes
+
+        _register_routes(_prompt_server.routes)
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -50,7 +50,8 @@ def graph(seed: int, steps: int, size: int, with_storymaker: bool) -> dict:
             "image": {"class_type": "LoadImage", "inputs": {"image": "reference.png"}},
             "mask": {"class_type": "LoadImageMask", "inputs": {"image": "reference_mask.png", "channel": "red"}},
             "character": {"class_type": "StoryMakerCharacterFromImage", "inputs": {
-                "image": ["image", 0], "insightface": ["face", 0], "name": "astronaut", "face_index": 0, "mask": ["mask", 0]}},
+                "image": ["image", 0], "insightface": ["face", 0], "name": "astronaut", "face_index": 0, "identity": "face",
+                "mask": ["mask", 0]}},
             "encode": {"class_type": "StoryMakerEncodeCharacters", "inputs": {
                 "storymaker": ["sm", 0], "character_1": ["character", 0], "face_only": False, "clip_vision": ["clipv", 0]}},
             "apply": {"class_type": "StoryMakerApply", "inputs": {

@@ -6,6 +6,7 @@ import logging
 
 import torch
 
+from ..storymaker_core.compiled import build_plan, published
 from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention, roles_of_cond_lists
 from .common import CATEGORY, progress_bar
 
@@ -59,6 +60,59 @@ class GuiderRoles:
 
         patcher.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, "storymaker", self.outer_sample)
         patcher.add_wrapper_with_key(WrappersMP.CALC_COND_BATCH, "storymaker", self.calc_cond_batch)
+
+
+COMPILED_KWARG = "storymaker_compiled"  # an extra UNet kwarg: graphs traced without StoryMaker fail its guard
+
+
+def _is_compiled(base_model, transformer_options) -> bool:
+    """Does this call run a torch.compile'd UNet? ComfyUI's wrapper (TorchCompileModel and the helpers using
+    set_torch_compile_wrapper) registers under one key; a module compiled in place is an OptimizedModule."""
+    from comfy.patcher_extension import WrappersMP
+
+    wrappers = transformer_options.get("wrappers", {}).get(WrappersMP.APPLY_MODEL, {})
+    return bool(wrappers.get("torch.compile")) or hasattr(getattr(base_model, "diffusion_model", None), "_orig_mod")
+
+
+class CompiledCalls:
+    """APPLY_MODEL wrapper: for a compiled UNet, builds the call's plan outside the compiled region and
+    publishes it (storymaker_core.compiled), and adds a kwarg to the UNet call so that a graph dynamo traced
+    for the model without StoryMaker is never reused for it. Eager calls pass through untouched."""
+
+    def __init__(self, shared: StoryMakerAttention, patches: dict):
+        self.shared, self.patches, self.warned = shared, patches, False
+
+    def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
+                    **kwargs):
+        if not _is_compiled(executor.class_obj, transformer_options):
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
+        self._check_chains()
+        plan = build_plan(self.shared, self.patches, transformer_options.get("cond_or_uncond"), x.shape[0],
+                          transformer_options.get("sigmas"), x.shape[-2:], x.device,
+                          executor.class_obj.get_dtype_inference())
+        with published(plan):
+            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs,
+                            **{COMPILED_KWARG: True})
+
+    def _check_chains(self):
+        chained = {key: patch.previous for key, patch in self.patches.items() if patch.previous is not None}
+        if any(isinstance(previous, LayerPatch) for previous in chained.values()):
+            raise ValueError("Apply StoryMaker was applied twice to a compiled model: that cannot be compiled "
+                             "correctly. Put all characters in one Encode StoryMaker Characters and apply once.")
+        if chained and not self.warned:
+            self.warned = True
+            logger.warning("Apply StoryMaker: under torch.compile, another pack's attn2 patches (%s, on %d layers) "
+                           "run inside the compiled UNet, and ComfyUI's TorchCompileModel does not re-check what "
+                           "they read from transformer_options (e.g. their own start/end or CFG chunks): those "
+                           "decisions are fixed when the UNet is compiled. StoryMaker itself stays exact. If that "
+                           "pack's effect must change per step or scene, do not compile this model.",
+                           sorted({getattr(p, "__qualname__", type(p).__name__) for p in chained.values()}),
+                           len(chained))
+
+    def install(self, patcher) -> None:
+        from comfy.patcher_extension import WrappersMP
+
+        patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, "storymaker", self.apply_model)
 
 
 def _region_masks(masks, num_characters):
@@ -142,10 +196,11 @@ class StoryMakerApply:
             logger.warning("Apply StoryMaker: the model already went through Apply StoryMaker; the image branches add "
                            "up (and StoryMaker's LoRA, unless a lora_scale is 0, is applied twice). Put all "
                            "characters in one Encode StoryMaker Characters and apply once.")
-        for layer in layers:
-            if layer.is_cross_attention:
-                key = layer.patch_key
-                patched.set_model_attn2_replace(ComfyLayerPatch(shared, key, existing.get(key)), *key)
+        patches = {layer.patch_key: ComfyLayerPatch(shared, layer.patch_key, existing.get(layer.patch_key))
+                   for layer in layers if layer.is_cross_attention}
+        for key, patch in patches.items():
+            patched.set_model_attn2_replace(patch, *key)
+        CompiledCalls(shared, patches).install(patched)
         bar.update(1)
         return (patched,)
 

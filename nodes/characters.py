@@ -11,9 +11,10 @@ from ..storymaker_core.characters import (
     character_from_reference,
     combine_references,
     load_character,
-    person_box_from_face,
+    reference_mask,
     save_character,
 )
+from ..storymaker_core.identity import AUTO, IDENTITY_CHOICES, decide_identity
 from .common import CATEGORY, images_to_numpy, mask_row, numpy_to_images, progress_bar
 from .encode import with_clip_features
 
@@ -21,8 +22,10 @@ CHARACTER = "STORYMAKER_CHARACTER"
 
 
 class StoryMakerCharacterFromImage:
-    DESCRIPTION = ("A character from a reference photo: ArcFace identity, face crop and the character cut out by its "
-                   "mask. Several images in the batch = several references of the same character.")
+    DESCRIPTION = ("A character from reference images: its identity from the face (ArcFace + face crop) or, for "
+                   "characters without a photographed face (anime, animals), from its appearance only; and the "
+                   "character cut out by its mask. Several images in the batch = several references of the same "
+                   "character.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -32,43 +35,59 @@ class StoryMakerCharacterFromImage:
                 "insightface": ("INSIGHTFACE",),
                 "name": ("STRING", {"default": "character"}),
                 "face_index": ("INT", {"default": 0, "min": 0, "max": 32, "tooltip": "0 = largest face, 1 = next, ..."}),
+                "identity": (list(IDENTITY_CHOICES), {
+                    "default": AUTO,
+                    "tooltip": "face: ArcFace identity + aligned face crop (error if no face is found). appearance: "
+                               "no face (anime/cartoon people, animals): the character crop alone carries the "
+                               "identity. auto: face when every reference has a confident face, else appearance "
+                               "(see the identity_used output)."}),
             },
             "optional": {
-                "mask": ("MASK", {"tooltip": "the character (white); without it Segment Anything is used"}),
+                "mask": ("MASK", {"tooltip": "the character (white); without it Segment Anything is used, or for an "
+                                             "appearance-only character without SAM the whole image"}),
                 "sam": ("STORYMAKER_SAM",),
                 "clothing": ("IMAGE", {"tooltip": "clothing-only image: replaces the character crop (clothing swap)"}),
             },
         }
 
-    RETURN_TYPES = (CHARACTER, "IMAGE", "IMAGE", "MASK")
-    RETURN_NAMES = ("character", "character_crop", "face_crop", "mask")
+    RETURN_TYPES = (CHARACTER, "IMAGE", "IMAGE", "MASK", "STRING")
+    RETURN_NAMES = ("character", "character_crop", "face_crop", "mask", "identity_used")
+    OUTPUT_TOOLTIPS = ("the character", "what CLIP sees of the character", "the aligned face (white when appearance "
+                       "only)", "the character's mask per reference", "one line per reference: face or appearance, "
+                       "and why")
     FUNCTION = "build"
     CATEGORY = CATEGORY
 
-    def build(self, image, insightface, name, face_index, mask=None, sam=None, clothing=None):
+    def build(self, image, insightface, name, face_index, identity=AUTO, mask=None, sam=None, clothing=None):
         import torch
 
         images = images_to_numpy(image)
         clothing_rgb = images_to_numpy(clothing)[0] if clothing is not None else None
-        bar = progress_bar(len(images))
+        labels = [f"image #{i + 1}" if len(images) > 1 else "image" for i in range(len(images))]
+        bar = progress_bar(len(images) + 1)
+        decision = decide_identity(insightface.select_face, images, labels, identity, face_index, name)
+        bar.update(1)
         references, masks = [], []
-        for i, rgb in enumerate(images):
-            label = f"image #{i + 1}" if len(images) > 1 else "image"
-            face = insightface.select_face(rgb, image_name=label, index=face_index)
+        for i, (rgb, label, face) in enumerate(zip(images, labels, decision.faces)):
             char_mask = _usable_mask(mask_row(mask, i, "mask"), rgb, name)
-            if char_mask is None and clothing_rgb is None:  # the clothing image replaces the masked crop
-                if sam is None:
-                    raise ValueError(f"{name}: connect a MASK of the character, or a Segment Anything model (sam input) "
-                                     f"so the character can be segmented automatically.")
-                char_mask = sam.segment(rgb, person_box_from_face(face.bbox, rgb.shape[:2])).astype(np.float32)
-            references.append(character_from_reference(rgb, char_mask, face.kps, face.embedding, name=name,
+            if clothing_rgb is None:  # else the clothing image replaces the masked crop: no mask needed
+                char_mask = reference_mask(rgb, char_mask, None if face is None else face.bbox, sam, name, label)
+            references.append(character_from_reference(rgb, char_mask, None if face is None else face.kps,
+                                                       None if face is None else face.embedding, name=name,
                                                        clothing=clothing_rgb, image_name=label, mask_name="mask"))
             masks.append(torch.from_numpy(np.asarray(char_mask if char_mask is not None else
                                                      np.zeros(rgb.shape[:2]), np.float32)))
             bar.update(1)
         character = combine_references(references, name)
-        return (character, numpy_to_images(character.character_image), numpy_to_images(character.face_image),
-                torch.stack(masks))
+        return (character, numpy_to_images(character.character_image), _face_preview(character), torch.stack(masks),
+                decision.report)
+
+
+def _face_preview(character):
+    """The face crops; white squares for a character without a face, so a preview node still shows something."""
+    if character.face_image is not None:
+        return numpy_to_images(character.face_image)
+    return numpy_to_images(np.full_like(character.character_image, 255))
 
 
 def _usable_mask(mask, rgb, name):
@@ -141,7 +160,7 @@ class StoryMakerLoadCharacter:
         import folder_paths
 
         character = load_character(folder_paths.get_full_path_or_raise("storymaker_characters", character_file))
-        return (character, numpy_to_images(character.character_image), numpy_to_images(character.face_image))
+        return (character, numpy_to_images(character.character_image), _face_preview(character))
 
 
 NODE_CLASS_MAPPINGS = {"StoryMakerCharacterFromImage": StoryMakerCharacterFromImage,

@@ -18,13 +18,13 @@ def with_clip_features(character, clip_vision):
     if character.blend_with is not None:
         return blend_characters(with_clip_features(character.blend_base, clip_vision),
                                 with_clip_features(character.blend_with, clip_vision), character.blend_weight)
-    if character.character_clip is not None and character.face_clip is not None:
+    if character.is_encoded:
         return character
     if clip_vision is None:
         raise CharacterError(f"character '{character.name}' needs a CLIP vision model: connect CLIP-ViT-H-14 "
                              f"(laion2B) to clip_vision, or use a character saved with its features.")
-    return character.with_clip(clip_features(clip_vision, character.character_image),
-                               clip_features(clip_vision, character.face_image))
+    face = clip_features(clip_vision, character.face_image) if character.has_face else None  # no face: no crop
+    return character.with_clip(clip_features(clip_vision, character.character_image), face)
 
 
 class StoryMakerEncodeCharacters:
@@ -38,7 +38,8 @@ class StoryMakerEncodeCharacters:
                 "storymaker": ("STORYMAKER",),
                 "character_1": ("STORYMAKER_CHARACTER",),
                 "face_only": ("BOOLEAN", {"default": False, "tooltip": "keep the face, let the prompt decide clothing "
-                                                                        "and body (stylised stories)"}),
+                                                                        "and body (stylised stories); not for "
+                                                                        "appearance-only characters"}),
             },
             "optional": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP-ViT-H-14-laion2B; not needed for saved characters"}),

@@ -59,7 +59,7 @@ def base(g: Graph):
 
 def character(g: Graph, face: str, slot: int, name: str, with_mask: bool = True, **extra) -> str:
     image = g.add("LoadImage", f"character:{slot}", image=f"character_{slot}.png")
-    inputs = dict(image=out(image), insightface=out(face), name=name, face_index=0, **extra)
+    inputs = dict(image=out(image), insightface=out(face), name=name, face_index=0, identity="auto", **extra)
     if with_mask:
         mask = g.add("LoadImageMask", f"mask:{slot}", image=f"character_{slot}_mask.png", channel="red")
         inputs["mask"] = out(mask)
@@ -112,16 +112,48 @@ def one_character(scenes: list, segment: bool = False) -> dict:
     return g.nodes
 
 
-def two_characters_regions() -> dict:
+# Region masks, left to right: (title, image file) per character slot.
+REGIONS = {
+    2: [("region 1 (left)", "region_left.png"), ("region 2 (right)", "region_right.png")],
+    3: [("region 1 (left)", "region_third_left.png"), ("region 2 (middle)", "region_third_middle.png"),
+        ("region 3 (right)", "region_third_right.png")],
+}
+GROUP_PROMPTS = {
+    2: ("a woman and a man taking a selfie in front of the Eiffel tower, the woman on the left, the man on the right",
+        1280, 960),
+    3: ("three friends on a park bench, a woman on the left, a man in the middle, a girl on the right, photo",
+        1344, 768),
+}
+
+
+def characters_in_regions(count: int, segment: bool = False) -> dict:
+    """2-3 characters, each kept to its region mask (left to right); ``segment``: Segment Anything cuts each
+    character out of its reference, so no character masks are needed (datasets that ship none)."""
     g = Graph()
     ckpt, sm, face, clip_vision = base(g)
-    first, second = character(g, face, 1, "ava"), character(g, face, 2, "ben")
-    embeds = encode(g, sm, [first, second], clip_vision)
-    left = g.add("LoadImageMask", "region 1 (left)", image="region_left.png", channel="red")
-    right = g.add("LoadImageMask", "region 2 (right)", image="region_right.png", channel="red")
-    model = apply(g, out(ckpt), sm, embeds, mask_1=out(left), mask_2=out(right))
-    scene(g, out(model), out(ckpt, 1), out(ckpt, 2), "a woman and a man taking a selfie in front of the Eiffel "
-          "tower, the woman on the left, the man on the right", seed=666, width=1280, height=960)
+    sam = g.add("StoryMakerSAMLoader", "Load Segment Anything", sam_file=SAM) if segment else None
+    extra = {"sam": out(sam)} if segment else {}
+    chars = [character(g, face, i + 1, name, with_mask=not segment, **extra)
+             for i, name in enumerate(("ava", "ben", "cleo")[:count])]
+    embeds = encode(g, sm, chars, clip_vision)
+    regions = {f"mask_{i + 1}": out(g.add("LoadImageMask", title, image=file, channel="red"))
+               for i, (title, file) in enumerate(REGIONS[count])}
+    model = apply(g, out(ckpt), sm, embeds, **regions)
+    prompt, width, height = GROUP_PROMPTS[count]
+    scene(g, out(model), out(ckpt, 1), out(ckpt, 2), prompt, seed=666, width=width, height=height)
+    return g.nodes
+
+
+def two_characters_regions() -> dict:
+    return characters_in_regions(2)
+
+
+def no_character() -> dict:
+    """Plain SDXL, same node titles as the story templates: scenes with nobody on stage."""
+    g = Graph()
+    ckpt = g.add("CheckpointLoaderSimple", "Load Checkpoint", ckpt_name=CHECKPOINT)
+    scene(g, out(ckpt), out(ckpt, 1), out(ckpt, 2), "an empty street at dawn, photo", seed=666, width=1024,
+          height=1024)
     return g.nodes
 
 
@@ -215,6 +247,12 @@ WORKFLOWS = {
                                                    segment=True),  # no mask file: Segment Anything makes it
     "story-template-one-character": lambda: one_character(["a woman in a sunny kitchen, photo"]),
     "story-template-two-characters": two_characters_regions,
+    "story-template-three-characters": lambda: characters_in_regions(3),
+    "story-template-no-character": no_character,
+    # Segment Anything instead of character masks (converted datasets, e.g. ViStoryBench, ship no masks)
+    "story-template-one-character-sam": lambda: one_character(["a woman in a sunny kitchen, photo"], segment=True),
+    "story-template-two-characters-sam": lambda: characters_in_regions(2, segment=True),
+    "story-template-three-characters-sam": lambda: characters_in_regions(3, segment=True),
 }
 
 
@@ -236,6 +274,18 @@ ABOUT = {  # what each example shows, for the note at its top (the files it need
                                     "nodes titled character:1, mask:1, positive, negative, latent, sampler, output.",
     "story-template-two-characters": "Template for the story runner with two characters and their regions: it fills "
                                      "character:1/2, mask:1/2, positive, negative, latent, sampler, output.",
+    "story-template-three-characters": "Template for the story runner with three characters, each kept to a third of "
+                                       "the image (left, middle, right): character:1/2/3, mask:1/2/3, positive, "
+                                       "negative, latent, sampler, output.",
+    "story-template-no-character": "Template for the story runner's scenes with no character: plain SDXL (positive, "
+                                   "negative, latent, sampler, output).",
+    "story-template-one-character-sam": "Story template, one character, no mask file: Segment Anything cuts the "
+                                        "character out of its reference (character:1, positive, negative, latent, "
+                                        "sampler, output).",
+    "story-template-two-characters-sam": "Story template, two characters in left/right regions, no mask files: Segment "
+                                         "Anything cuts each character out of its reference (character:1/2).",
+    "story-template-three-characters-sam": "Story template, three characters in left/middle/right thirds, no mask files: "
+                                           "Segment Anything cuts each character out of its reference (character:1/2/3).",
 }
 TIPS = ("`ip_scale` is the likeness strength (0.8 as released; lower it for more freedom from the reference), "
         "`lora_scale` StoryMaker's LoRA. A clear, front-lit photo with the face visible works best.")

@@ -4,11 +4,16 @@ From a reference photo: the ArcFace identity embedding, the 5 face keypoints, th
 on white, 224x224) and the aligned face crop (224x224). Once a CLIP vision model has encoded the crops,
 the character also carries their penultimate hidden states; saved to `.safetensors`, such a character is
 reused across workflows with neither insightface nor CLIP at generation time.
+
+A character's identity comes from its face (`face`: ArcFace + aligned face crop) or from its appearance
+alone (`appearance`: no face, e.g. a cartoon animal; the face branch gets the zero inputs of the release's
+negative). docs/characters.md explains the choice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
@@ -18,7 +23,12 @@ from torch import Tensor
 
 from .preprocess import PreprocessError, character_crop, clothing_crop, face_crop, mask_to_uint8
 
+logger = logging.getLogger(__name__)
+
 FORMAT = "storymaker-character/1"
+FACE, APPEARANCE = "face", "appearance"
+IDENTITY_MODES = (FACE, APPEARANCE)
+ARCFACE_DIM = 512  # the zero identity an appearance-only character stores (buffalo_l's embedding width)
 
 
 class CharacterError(ValueError):
@@ -28,7 +38,7 @@ class CharacterError(ValueError):
 @dataclass
 class Character:
     name: str
-    id_embedding: Tensor  # [512] ArcFace normed_embedding
+    id_embedding: Tensor  # [512] ArcFace normed_embedding (zeros for an appearance-only character)
     kps: Optional[np.ndarray] = None  # [5, 2] face keypoints in the reference
     character_image: Optional[np.ndarray] = None  # uint8 [R, 224, 224, 3]: masked crop on white, or clothing
     face_image: Optional[np.ndarray] = None  # uint8 [R, 224, 224, 3]: aligned face (R references)
@@ -38,10 +48,21 @@ class Character:
     blend_with: Optional["Character"] = field(default=None, repr=False)
     blend_weight: float = 0.0  # 0 = blend_base, 1 = blend_with
     blend_base: Optional["Character"] = field(default=None, repr=False)  # the first character, as given
+    identity: str = FACE  # FACE or APPEARANCE (no face: kps, face_image and face_clip stay None)
+
+    def __post_init__(self):
+        if self.identity not in IDENTITY_MODES:
+            raise CharacterError(f"character '{self.name}': identity must be one of {IDENTITY_MODES}, "
+                                 f"got {self.identity!r}.")
+
+    @property
+    def has_face(self) -> bool:
+        return self.identity == FACE
 
     @property
     def is_encoded(self) -> bool:
-        return all(m.character_clip is not None and m.face_clip is not None for m in self.members())
+        return all(m.character_clip is not None and (m.face_clip is not None or not m.has_face)
+                   for m in self.members())
 
     def members(self) -> list:
         """The plain (unblended) characters this one is made of: itself, or every leaf of its blends."""
@@ -49,18 +70,23 @@ class Character:
             return [self]
         return self.blend_base.members() + self.blend_with.members()
 
-    def with_clip(self, character_clip: Tensor, face_clip: Tensor) -> "Character":
+    def with_clip(self, character_clip: Tensor, face_clip: Optional[Tensor]) -> "Character":
         return replace(self, character_clip=character_clip, face_clip=face_clip)
 
 
-def character_from_reference(image: np.ndarray, mask: Optional[np.ndarray], kps: np.ndarray, id_embedding: np.ndarray,
-                             name: str = "character", clothing: Optional[np.ndarray] = None,
-                             image_name: str = "image", mask_name: str = "mask") -> Character:
-    """Crops and identity of one character in one reference photo (RGB uint8 image, [H, W] mask).
+def character_from_reference(image: np.ndarray, mask: Optional[np.ndarray], kps: Optional[np.ndarray],
+                             id_embedding: Optional[np.ndarray], name: str = "character",
+                             clothing: Optional[np.ndarray] = None, image_name: str = "image",
+                             mask_name: str = "mask") -> Character:
+    """Crops and identity of one character in one reference image (RGB uint8 image, [H, W] mask).
 
-    With `clothing`, a clothing-only image replaces the character crop (clothing swap); the face and the
-    identity still come from the photo, and no mask is needed.
+    With `kps` and `id_embedding` (a detected face), a `face` character; with both None, an `appearance`
+    character: no face crop, the character crop alone carries the identity. With `clothing`, a
+    clothing-only image replaces the character crop (clothing swap) and no mask is needed.
     """
+    if (kps is None) != (id_embedding is None):
+        raise CharacterError(f"{name}: give both the face keypoints and the identity embedding, or neither "
+                             f"(appearance only).")
     if clothing is not None:
         crop = clothing_crop(clothing)
     elif mask is None:
@@ -68,18 +94,29 @@ def character_from_reference(image: np.ndarray, mask: Optional[np.ndarray], kps:
     else:
         crop = character_crop(image, _checked_mask(mask, image, kps, image_name, mask_name), image_name=image_name,
                               mask_name=mask_name)
+    if kps is None:
+        return Character(name=name, id_embedding=torch.zeros(ARCFACE_DIM), character_image=crop[None],
+                         identity=APPEARANCE)
     return Character(name=name, id_embedding=torch.as_tensor(np.asarray(id_embedding, np.float32)).flatten(),
                      kps=np.asarray(kps, np.float32), character_image=crop[None],
                      face_image=face_crop(image, kps, image_name=image_name)[None])
 
 
-def _checked_mask(mask: np.ndarray, image: np.ndarray, kps: np.ndarray, image_name: str, mask_name: str) -> np.ndarray:
-    """uint8 `[H, W]` mask of the image's size that covers the chosen face."""
+def whole_image_mask(image: np.ndarray) -> np.ndarray:
+    """A mask covering the whole image: the character crop becomes the whole reference, squashed to 224."""
+    return np.ones(np.asarray(image).shape[:2], np.float32)
+
+
+def _checked_mask(mask: np.ndarray, image: np.ndarray, kps: Optional[np.ndarray], image_name: str,
+                  mask_name: str) -> np.ndarray:
+    """uint8 `[H, W]` mask of the image's size that covers the chosen face (if there is one)."""
     mask_u8 = mask_to_uint8(mask, mask_name)
     if mask_u8.shape != np.asarray(image).shape[:2]:
         raise PreprocessError(f"{mask_name} is {mask_u8.shape[1]}x{mask_u8.shape[0]} but {image_name} is "
                               f"{np.asarray(image).shape[1]}x{np.asarray(image).shape[0]}: the mask must have the "
                               f"image's size.")
+    if kps is None:
+        return mask_u8
     x, y = np.round(np.asarray(kps, np.float64)[:3].mean(axis=0)).astype(int)  # between the eyes and nose
     h, w = mask_u8.shape
     at_face = mask_u8[min(max(y, 0), h - 1), min(max(x, 0), w - 1)]
@@ -98,12 +135,17 @@ def combine_references(references: list, name: str) -> Character:
     does with several images), all crops kept; their CLIP features are averaged when encoded."""
     if not references:
         raise CharacterError("no reference images given")
+    if len({r.identity for r in references}) > 1:
+        raise CharacterError(f"{name}: the references mix face and appearance-only identities; a character is one "
+                             f"mode (build every reference with the same identity).")
     if len(references) == 1:
         return replace(references[0], name=name)
+    crops = np.concatenate([r.character_image for r in references])
+    if not references[0].has_face:
+        return Character(name=name, id_embedding=torch.zeros(ARCFACE_DIM), character_image=crops, identity=APPEARANCE)
     ids = torch.stack([r.id_embedding for r in references]).mean(0)
     return Character(name=name, id_embedding=ids / ids.norm().clamp_min(1e-12), kps=references[0].kps,
-                     character_image=np.concatenate([r.character_image for r in references]),
-                     face_image=np.concatenate([r.face_image for r in references]))
+                     character_image=crops, face_image=np.concatenate([r.face_image for r in references]))
 
 
 def person_box_from_face(face_bbox: np.ndarray, image_hw: tuple) -> np.ndarray:
@@ -114,6 +156,39 @@ def person_box_from_face(face_bbox: np.ndarray, image_hw: tuple) -> np.ndarray:
     cx = (x1 + x2) / 2
     height, width = image_hw
     return np.array([max(cx - 2.5 * w, 0), max(y1 - 0.6 * h, 0), min(cx + 2.5 * w, width - 1), height - 1], np.float32)
+
+
+def reference_mask(image: np.ndarray, mask: Optional[np.ndarray], face_bbox: Optional[np.ndarray], segmenter,
+                   name: str = "character", image_name: str = "image") -> np.ndarray:
+    """The character's mask in one reference: the given one, else Segment Anything, else the whole image.
+
+    SAM is prompted with a box around the person below the face, or with the whole image when there is no
+    face (it then picks the most prominent object). Without SAM, an appearance-only character (no face
+    box) uses the whole reference, background included, and says so; a character with a face gets an
+    error, since a photo's background in its crop would be copied into every scene.
+
+    Args:
+        image: RGB uint8 `[H, W, 3]`. mask: `[H, W]` or None. face_bbox: `[4]` x1, y1, x2, y2, or None
+        (appearance only). segmenter: has `segment(image, box) -> [H, W]`, or None.
+    Returns: float32 `[H, W]`.
+    """
+    if mask is not None:
+        return np.asarray(mask, np.float32)
+    height, width = np.asarray(image).shape[:2]
+    if segmenter is not None:
+        box = (person_box_from_face(face_bbox, (height, width)) if face_bbox is not None
+               else np.array([0, 0, width - 1, height - 1], np.float32))
+        if face_bbox is None:
+            logger.info("%s: no face in %s: Segment Anything is prompted with the whole image.", name, image_name)
+        return np.asarray(segmenter.segment(image, box), np.float32)
+    if face_bbox is not None:
+        raise CharacterError(f"{name}: connect a MASK of the character, or a Segment Anything model (sam input) so "
+                             f"the character can be segmented automatically. (Set identity to 'appearance' to use "
+                             f"the whole {image_name} as the character crop, background included.)")
+    logger.warning("%s: no mask and no Segment Anything model: the whole %s (background included) is the character "
+                   "crop. Connect a MASK or a SAM model if the background should not be part of the character.",
+                   name, image_name)
+    return whole_image_mask(image)
 
 
 def blend_characters(a: Character, b: Character, weight: float) -> Character:
@@ -132,18 +207,20 @@ def save_character(path: str, character: Character, metadata: Optional[dict] = N
     if not character.is_encoded:
         raise CharacterError(f"'{character.name}' has no CLIP features yet: connect a CLIP vision model (ViT-H) "
                              f"so it can be encoded before saving.")
-    tensors = {"id_embedding": character.id_embedding.float(), "character_clip": character.character_clip.half(),
-               "face_clip": character.face_clip.half()}
+    tensors = {"id_embedding": character.id_embedding.float(), "character_clip": character.character_clip.half()}
+    if character.has_face:
+        tensors["face_clip"] = character.face_clip.half()
     for name in ("kps", "character_image", "face_image"):
         value = getattr(character, name)
         if value is not None:
             tensors[name] = torch.tensor(np.asarray(value))  # a copy: the arrays may be read-only
-    info = {"format": FORMAT, "name": character.name, "extra": json.dumps(metadata or {})}
+    info = {"format": FORMAT, "name": character.name, "identity": character.identity,
+            "extra": json.dumps(metadata or {})}
     save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=info)
 
 
 def load_character(path: str) -> Character:
-    """Read a character written by `save_character`, checking it is one."""
+    """Read a character written by `save_character`, checking it is one (files without an identity are faces)."""
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -152,12 +229,18 @@ def load_character(path: str) -> Character:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
         raise CharacterError(f"{path}: cannot be read as a saved character ({e}).") from e
-    if info.get("format") != FORMAT or not {"id_embedding", "character_clip", "face_clip"} <= tensors.keys():
+    identity = info.get("identity", FACE)  # files from before appearance-only characters all have a face
+    needed = {"id_embedding", "character_clip"} | ({"face_clip"} if identity == FACE else set())
+    if info.get("format") != FORMAT or not needed <= tensors.keys():
         raise CharacterError(f"{path}: not a StoryMaker character file (saved by 'Save StoryMaker character').")
+    if identity not in IDENTITY_MODES:
+        raise CharacterError(f"{path}: identity {identity!r} is not one of {IDENTITY_MODES}; the file was written "
+                             f"by a newer version of this node pack, or edited.")
 
     def array(name):
         return tensors[name].numpy() if name in tensors else None
 
     return Character(name=info.get("name", "character"), id_embedding=tensors["id_embedding"].float(),
                      kps=array("kps"), character_image=array("character_image"), face_image=array("face_image"),
-                     character_clip=tensors["character_clip"].float(), face_clip=tensors["face_clip"].float())
+                     character_clip=tensors["character_clip"].float(),
+                     face_clip=tensors["face_clip"].float() if identity == FACE else None, identity=identity)

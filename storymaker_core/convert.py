@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from .weights import StoryMakerWeightsError, flatten_for_safetensors, load_storymaker_weights
+from .weights import StoryMakerWeightsError, flatten_for_safetensors, load_storymaker_weights, weights_metadata
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -26,8 +26,11 @@ def sha256_of(path: str, chunk: int = 1 << 24) -> str:
     return digest.hexdigest()
 
 
-def convert(source: str, target: str, dtype: str = "fp16", dim_head: int = 64) -> dict:
-    """Write `target` (safetensors) from `source` (.bin or .safetensors); returns the metadata written."""
+def convert(source: str, target: str, dtype: str = "fp16", dim_head: int | None = None) -> dict:
+    """Write `target` (safetensors) from `source` (.bin or .safetensors); returns the metadata written.
+
+    dim_head: the resampler's head width; by default the source's metadata, else the release's (64).
+    """
     from safetensors.torch import save_file
 
     if os.path.abspath(source) == os.path.abspath(target):
@@ -41,7 +44,7 @@ def convert(source: str, target: str, dtype: str = "fp16", dim_head: int = 64) -
         "source_file": os.path.basename(source),
         "source_sha256": sha256_of(source),
         "dtype": dtype,
-        "dim_head": str(dim_head),
+        **weights_metadata(weights.info),  # what the loader needs: head width, character slots
         "summary": weights.info.summary(),
     }
     tmp = target + ".partial"
@@ -55,7 +58,8 @@ def main(argv=None) -> int:
     parser.add_argument("source", help="StoryMaker weights: the released mask.bin (or a .safetensors)")
     parser.add_argument("target", help="output .safetensors path")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="tensor dtype to store (default fp16)")
-    parser.add_argument("--dim-head", type=int, default=64, help="perceiver head width (64 in the release)")
+    parser.add_argument("--dim-head", type=int, default=None,
+                        help="perceiver head width (default: the source's metadata, else the release's 64)")
     args = parser.parse_args(argv)
     if not args.target.endswith(".safetensors"):
         parser.error("target must end with .safetensors")

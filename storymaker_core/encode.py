@@ -1,4 +1,10 @@
-"""Characters (with CLIP features) -> StoryMaker image tokens for the positive and negative prompts."""
+"""Characters (with CLIP features) -> StoryMaker image tokens for the positive and negative prompts.
+
+An appearance-only character (no face) feeds the face branch the release's negative inputs, a zero ArcFace
+embedding and zero face hidden states, so its 4 face tokens are those of the negative prompt and carry no
+face guidance; its 16 character tokens come from its crop as usual. A blend lerps the two sides' tokens,
+each computed in its own mode (docs/characters.md).
+"""
 
 from __future__ import annotations
 
@@ -24,13 +30,13 @@ class StoryMakerEmbeds:
 
 
 def _check_features(character: Character, clip_dim: int, id_dim: int) -> None:
-    if character.id_embedding.numel() != id_dim:
+    if character.has_face and character.id_embedding.numel() != id_dim:
         raise CharacterError(f"character '{character.name}': identity embedding has {character.id_embedding.numel()} "
                              f"values, this StoryMaker file needs {id_dim} (InsightFace buffalo_l ArcFace).")
     if not character.is_encoded:
         raise CharacterError(f"character '{character.name}' has no CLIP features: connect a CLIP vision model "
                              f"(CLIP-ViT-H-14) to the encode node.")
-    for what in ("character_clip", "face_clip"):
+    for what in ("character_clip", "face_clip") if character.has_face else ("character_clip",):
         features = getattr(character, what)
         if features.dim() != 2 or features.shape[-1] != clip_dim:
             raise CharacterError(f"character '{character.name}': CLIP features are {tuple(features.shape)}, StoryMaker "
@@ -38,11 +44,19 @@ def _check_features(character: Character, clip_dim: int, id_dim: int) -> None:
                                  f"ViT-L or bigG do not fit.")
 
 
+def _face_inputs(character: Character, id_dim: int) -> tuple:
+    """`(id_embedding [id_dim], face_clip [L, C])`: the character's, or the negative's zeros without a face."""
+    if character.has_face:
+        return character.id_embedding, character.face_clip
+    return character.id_embedding.new_zeros(id_dim), torch.zeros_like(character.character_clip)
+
+
 def _raw_tokens(resampler: StoryMakerResampler, characters: Sequence[Character], zero_character) -> Tensor:
     """Per-character tokens before position/fusion `[N, 20, D]`."""
     param = resampler.bg_embed
-    stack = lambda name: torch.stack([getattr(c, name) for c in characters]).to(param.device, param.dtype)
-    return resampler.character_tokens(stack("id_embedding"), stack("character_clip"), stack("face_clip"),
+    ids, faces = zip(*(_face_inputs(c, resampler.config.id_dim) for c in characters))
+    stack = lambda tensors: torch.stack(list(tensors)).to(param.device, param.dtype)
+    return resampler.character_tokens(stack(ids), stack(c.character_clip for c in characters), stack(faces),
                                       zero_character=zero_character)
 
 
@@ -62,9 +76,14 @@ def encode_characters(resampler: StoryMakerResampler, characters: Sequence[Chara
     limit = resampler.config.max_characters
     if not 1 <= len(characters) <= limit:
         raise CharacterError(f"StoryMaker takes 1 to {limit} characters; got {len(characters)}.")
-    for character in characters:
+    flags = [face_only] * len(characters) if isinstance(face_only, bool) else list(face_only)
+    for character, flag in zip(characters, flags):
         for member in character.members():
             _check_features(member, resampler.config.clip_dim, resampler.config.id_dim)
+        if flag and not any(member.has_face for member in character.members()):
+            raise CharacterError(f"character '{character.name}' has no face (appearance only) and face_only drops its "
+                                 f"character crop: nothing of it would be left. Turn face_only off, or build the "
+                                 f"character from a reference with a face (identity 'face').")
     tokens = _raw_tokens(resampler, characters, face_only)
     for i, character in enumerate(characters):
         if character.blend_with is not None:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import AttentionFn, batch_for_chunks, decoupled_attention, region_attention_bias, sdpa_attention
+from .compiled import compiled_layer_forward
 
 POSITIVE, NEGATIVE = 0, 1
 logger = logging.getLogger(__name__)
@@ -126,6 +127,8 @@ class StoryMakerAttention:
         self._kv: dict = {}  # (key, device, dtype) -> {kind: (ip_k [1, L, hidden], ip_v)}
         self._batched: dict = {}  # (key, device, dtype, layout, batch) -> (ip_k, ip_v) [B, L, hidden]
         self._bias: dict = {}  # (h, w, device, dtype) -> [1, h*w, L] or None
+        self._stacked: dict = {}  # (key, device, dtype) -> (ip_k, ip_v) [2, L, hidden]: compiled calls
+        self._small: dict = {}  # row-role index and scale tensors of compiled calls
         self._step_sigmas, self._step_active = None, True
         self.cond_list_roles: Optional[tuple] = None  # role per cond list of the model call in progress (host)
 
@@ -174,13 +177,40 @@ class StoryMakerAttention:
         if not self.settings.region_masks:
             return None
         h, w = extra_options["activations_shape"][-2:]
-        cache_key = (h, w, str(q.device), q.dtype)
+        return self.bias_for(h, w, q.device, q.dtype)
+
+    def bias_for(self, h: int, w: int, device, dtype) -> Optional[Tensor]:
+        """The region bias `[1, h*w, L]` at one resolution, cached (None without masks)."""
+        cache_key = (h, w, str(device), dtype)
         if cache_key not in self._bias:
             if not self._bias:
                 _warn_if_stretched(self.settings.region_masks, (h, w))
             self._bias[cache_key] = region_attention_bias(self.settings.region_masks, (h, w),
-                                                          self.settings.tokens_per_group, q.device, q.dtype)
+                                                          self.settings.tokens_per_group, device, dtype)
         return self._bias[cache_key]
+
+    # What a compiled call reads (see compiled.py): tensors only, made once and reused.
+    def stacked_kv(self, key: tuple, device, dtype) -> tuple:
+        """(ip_k, ip_v) `[2, L, hidden]`: row POSITIVE the characters', row NEGATIVE the negative tokens'."""
+        cache_key = (key, str(device), dtype)
+        if cache_key not in self._stacked:
+            kv = self.image_kv(key, device, dtype)
+            self._stacked[cache_key] = tuple(torch.cat([kv[POSITIVE][i], kv[NEGATIVE][i]]) for i in (0, 1))
+        return self._stacked[cache_key]
+
+    def row_roles(self, roles: Sequence[int], per_chunk: int, device) -> Tensor:
+        """`[len(roles) * per_chunk]` long: the role of each batch row (chunks in order)."""
+        cache_key = ("rows", tuple(roles), per_chunk, str(device))
+        if cache_key not in self._small:
+            self._small[cache_key] = torch.tensor(roles, dtype=torch.long).repeat_interleave(per_chunk).to(device)
+        return self._small[cache_key]
+
+    def scale_tensor(self, active: bool, device) -> Tensor:
+        """ip_scale (or 0 outside start/end) as a 0-dim float32 tensor: a graph input, not a constant."""
+        cache_key = ("scale", bool(active), str(device))
+        if cache_key not in self._small:
+            self._small[cache_key] = torch.tensor(self.settings.ip_scale if active else 0.0, device=device)
+        return self._small[cache_key]
 
     def forward(self, key: tuple, q: Tensor, k: Tensor, v: Tensor, extra_options: dict, attention: AttentionFn,
                 text_attention: Optional[Tensor]) -> Tensor:
@@ -196,7 +226,7 @@ class StoryMakerAttention:
         """Memory held by the image K/V caches (per layer, device and CFG layout): the patch's whole
         footprint on the compute device."""
         tensors = [t for kv in self._kv.values() for pair in kv.values() for t in pair]
-        tensors += [t for pair in self._batched.values() for t in pair]
+        tensors += [t for cache in (self._batched, self._stacked) for pair in cache.values() for t in pair]
         tensors += [t for t in self._bias.values() if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -212,6 +242,8 @@ class LayerPatch:
         return sdpa_attention
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
+        if torch.compiler.is_compiling():  # inside a traced UNet: only the plan published for the call decides
+            return compiled_layer_forward(self.key, q, k, v, extra_options, self.attention_function(extra_options))
         text = self.previous(q, k, v, extra_options) if self.previous is not None else None
         return self.shared.forward(self.key, q, k, v, extra_options, self.attention_function(extra_options), text)
 

@@ -5,6 +5,11 @@ A file holds two state dicts: `image_proj_model` (the resampler, 113 tensors in 
 `{i}.to_{k,v}_ip.weight` on cross-attention). `.bin` is a torch pickle, read with `weights_only=True`;
 `.safetensors` stores the same tensors flat under the prefixes `image_proj_model.` and `ip_adapter.`.
 Every problem is reported as `StoryMakerWeightsError` naming the file and saying what to do.
+
+The shapes say almost everything about the model except the resampler's head width. A `.safetensors`
+file written by this pack (converted or trained) records it in its header metadata (`dim_head`), with the
+number of character slots (`max_characters`) as a check; files without metadata (the release's pickle)
+get the release's values.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from .resampler import ResamplerConfig, StoryMakerResampler
 IMAGE_PROJ, IP_ADAPTER = "image_proj_model", "ip_adapter"
 LORA_NAMES = ("to_q", "to_k", "to_v", "to_out")
 SDXL_CONTEXT_DIM = 2048
+RELEASE_DIM_HEAD = 64  # the released resampler's head width; no file records it
+META_DIM_HEAD, META_CHARACTERS = "dim_head", "max_characters"  # safetensors header keys
 _PROCESSOR_KEY = re.compile(r"^(\d+)\.(.+)$")
 
 
@@ -191,6 +198,54 @@ def read_state_dict(path: str) -> dict:
     return data
 
 
+def read_metadata(path: str) -> dict:
+    """The header metadata of a `.safetensors` file (`{}` for pickles and files without any)."""
+    if not path.endswith(".safetensors"):
+        return {}
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(path, "pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise StoryMakerWeightsError(f"{path}: not a readable safetensors file ({e}). The file is truncated "
+                                     f"or corrupt: download or convert it again.") from e
+
+
+def weights_metadata(info: "WeightsInfo") -> dict:
+    """What a file must record so the loader can rebuild its resampler with no extra parameter."""
+    return {META_DIM_HEAD: str(info.resampler.dim_head), META_CHARACTERS: str(info.max_characters)}
+
+
+def _metadata_int(metadata: Mapping[str, str], key: str, source: str) -> Optional[int]:
+    value = metadata.get(key)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise StoryMakerWeightsError(f"{source}: its metadata '{key}' is {value!r}, not a positive whole number. "
+                                     f"The file was edited or written by another tool: export or convert it again.")
+    return number
+
+
+def resolve_dim_head(metadata: Mapping[str, str], dim_head: Optional[int], source: str) -> tuple:
+    """(head width, where it came from): the file's metadata, else `dim_head`, else the release's.
+
+    A width passed by the caller must agree with the one the file records.
+    """
+    recorded = _metadata_int(metadata, META_DIM_HEAD, source)
+    if recorded is not None and dim_head is not None and recorded != dim_head:
+        raise StoryMakerWeightsError(f"{source}: its metadata records head width {recorded}, but {dim_head} was "
+                                     f"asked for. Leave the head width out: the file says which it needs.")
+    if recorded is not None:
+        return recorded, f"the file's metadata '{META_DIM_HEAD}'"
+    if dim_head is not None:
+        return dim_head, "as given"
+    return RELEASE_DIM_HEAD, "the release's value; the file does not record one"
+
+
 def split_state_dict(data: Mapping, source: str = "<memory>") -> tuple:
     """Nested (`mask.bin`) or prefix-flat (`.safetensors`) dict -> (image_proj, ip_adapter) dicts."""
     if IMAGE_PROJ in data or IP_ADAPTER in data:
@@ -215,8 +270,11 @@ def split_state_dict(data: Mapping, source: str = "<memory>") -> tuple:
 
 
 def describe(image_proj: Mapping[str, Tensor], ip_adapter: Mapping[str, Tensor], source: str = "<memory>",
-             dim_head: int = 64) -> WeightsInfo:
-    """Read what the file is for from its shapes, and check it is complete and self-consistent."""
+             dim_head: int = RELEASE_DIM_HEAD, dim_head_from: str = "the release's value") -> WeightsInfo:
+    """Read what the file is for from its shapes, and check it is complete and self-consistent.
+
+    `dim_head_from` says where the head width came from, for the error when it does not fit.
+    """
     for key in ("bg_embed", "pos_embed", "proj.0.weight", "proj.2.weight", "resample.latents",
                 "resample.proj_in.weight", "resample.layers.0.0.to_q.weight", "resample.layers.0.1.1.weight",
                 "perceiver_resampler.layers.0.0.to_q.weight"):
@@ -249,7 +307,10 @@ def describe(image_proj: Mapping[str, Tensor], ip_adapter: Mapping[str, Tensor],
     try:
         config = ResamplerConfig.from_state_dict(image_proj, dim_head=dim_head)
     except ValueError as e:
-        raise StoryMakerWeightsError(f"{source}: {e}; pass the head width the file was trained with.") from e
+        raise StoryMakerWeightsError(
+            f"{source}: {e} (head width {dim_head}: {dim_head_from}). Export the file again with "
+            f"`storymaker-export` (it records the head width), or convert it with `storymaker-convert --dim-head N`, "
+            f"N the width it was trained with.") from e
     if context_dim != config.cross_attention_dim:
         raise StoryMakerWeightsError(f"{source}: the resampler makes {config.cross_attention_dim}-wide tokens but "
                                      f"the attention layers read {context_dim}-wide ones; the two halves do not "
@@ -261,21 +322,43 @@ def describe(image_proj: Mapping[str, Tensor], ip_adapter: Mapping[str, Tensor],
                        next(iter(image_proj.values())).dtype)
 
 
-def storymaker_weights_from_state_dict(data: Mapping, source: str = "<memory>", dim_head: int = 64,
-                                       max_characters: Optional[int] = None) -> StoryMakerWeights:
-    """Split, describe and check an already-loaded state dict (e.g. from ComfyUI's `load_torch_file`)."""
+def storymaker_weights_from_state_dict(data: Mapping, source: str = "<memory>", dim_head: Optional[int] = None,
+                                       max_characters: Optional[int] = None,
+                                       metadata: Optional[Mapping[str, str]] = None) -> StoryMakerWeights:
+    """Split, describe and check an already-loaded state dict (e.g. from ComfyUI's `load_torch_file`).
+
+    Args:
+        data: nested (`mask.bin`) or prefix-flat (`.safetensors`) tensors.
+        dim_head: resampler head width; by default the one in `metadata`, else the release's (64).
+        max_characters: the most character slots the caller supports.
+        metadata: the `.safetensors` header (`read_metadata`), checked against the tensors.
+    """
+    metadata = metadata or {}
     image_proj, ip_adapter = split_state_dict(data, source)
-    info = describe(image_proj, ip_adapter, source, dim_head)
+    info = describe(image_proj, ip_adapter, source, *resolve_dim_head(metadata, dim_head, source))
+    slots = _metadata_int(metadata, META_CHARACTERS, source)
+    if slots is not None and slots != info.max_characters:
+        raise StoryMakerWeightsError(f"{source}: its metadata records {slots} character slots but the resampler's "
+                                     f"'pos_embed' holds {info.max_characters}. The file was edited or is "
+                                     f"incomplete: export or convert it again.")
     if max_characters is not None and info.max_characters > max_characters:
         raise StoryMakerWeightsError(f"{source}: made for {info.max_characters} characters, but this resampler "
                                      f"supports at most {max_characters}.")
     return StoryMakerWeights(image_proj, ip_adapter, info, source)
 
 
-def load_storymaker_weights(path: str, dim_head: int = 64, max_characters: Optional[int] = None) -> StoryMakerWeights:
-    """Load `mask.bin` (pickle of plain tensors) or `.safetensors`, check it, and say what it is for."""
-    return storymaker_weights_from_state_dict(read_state_dict(path), os.path.basename(path), dim_head,
-                                              max_characters)
+def load_storymaker_weights(path: str, dim_head: Optional[int] = None,
+                            max_characters: Optional[int] = None) -> StoryMakerWeights:
+    """Load `mask.bin` (pickle of plain tensors) or `.safetensors`, check it, and say what it is for.
+
+    Args:
+        path: the file.
+        dim_head: resampler head width; by default read from the file's metadata, else the release's (64).
+        max_characters: the most character slots the caller supports.
+    """
+    data = read_state_dict(path)
+    return storymaker_weights_from_state_dict(data, os.path.basename(path), dim_head, max_characters,
+                                              read_metadata(path))
 
 
 def flatten_for_safetensors(weights: StoryMakerWeights) -> dict:

@@ -1,13 +1,16 @@
 """Export trained weights in the release's layout, loadable by the Load StoryMaker node unchanged.
 
+`.safetensors`: the tensors flat, prefixed `image_proj_model.` / `ip_adapter.`, with header metadata
+recording the resampler's head width and number of character slots (`storymaker_core.weights.
+weights_metadata`): the shapes do not give the head width, so the loader reads it from there.
 `.bin`: `torch.save({"image_proj_model": {...}, "ip_adapter": {"{i}.to_q_lora.down.weight": ..., ...}})`,
-the exact layout of the released `mask.bin` (plain tensors only, so `weights_only=True` loads it).
-`.safetensors`: the same tensors flat, prefixed `image_proj_model.` / `ip_adapter.`.
-Both are checked by reading them back with `storymaker_core.weights.load_storymaker_weights`.
+the exact layout of the released `mask.bin` (plain tensors only, so `weights_only=True` loads it). It has
+no room for metadata, so it is written only for the release's head width (64).
+Both are checked by reading them back the way Load StoryMaker does, with no extra parameter.
 
-CLI: `python -m training.export --checkpoint RUN/checkpoints/step-001000 --output storymaker.safetensors`
-turns an accelerate checkpoint (its `model.safetensors` holds `resampler.*` and `adapter_modules.*`)
-into a release-layout file without loading any base model.
+CLI: `storymaker-export --checkpoint RUN/checkpoints/step-001000 --output storymaker.safetensors` (or
+`python -m training.export ...`) turns an accelerate checkpoint (its `model.safetensors` holds
+`resampler.*` and `adapter_modules.*`) into a release-layout file without loading any base model.
 """
 
 from __future__ import annotations
@@ -22,7 +25,16 @@ import torch
 from torch import Tensor
 
 from storymaker_core.resampler import ResamplerConfig, StoryMakerResampler
-from storymaker_core.weights import IMAGE_PROJ, IP_ADAPTER, load_storymaker_weights
+from storymaker_core.weights import (
+    IMAGE_PROJ,
+    IP_ADAPTER,
+    META_DIM_HEAD,
+    RELEASE_DIM_HEAD,
+    load_storymaker_weights,
+    read_metadata,
+    storymaker_weights_from_state_dict,
+    weights_metadata,
+)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -52,22 +64,40 @@ def release_layout(image_proj: Mapping[str, Tensor], ip_adapter: Mapping[str, Te
     return {IMAGE_PROJ: convert(image_proj, proj_keys), IP_ADAPTER: convert(ip_adapter, ip_keys)}
 
 
-def save_storymaker_file(state: Mapping, path: str, dim_head: int = 64, check: bool = True):
-    """Write `.bin` (torch pickle of plain tensors) or `.safetensors`; read back and validate."""
+def save_storymaker_file(state: Mapping, path: str, dim_head: int = RELEASE_DIM_HEAD, check: bool = True):
+    """Write `.safetensors` (with metadata) or `.bin` (torch pickle of plain tensors); read it back as the
+    loader does, with no extra parameter, and check it describes the model that was saved.
+
+    Args:
+        state: `{"image_proj_model": {...}, "ip_adapter": {...}}` (see `release_layout`).
+        path: target file; its suffix picks the format.
+        dim_head: the resampler's head width.
+    """
     path = str(path)
+    if not path.endswith((".safetensors", ".bin", ".pt", ".pth")):
+        raise ValueError(f"{path}: export to .safetensors or .bin")
+    # the file's own description (shapes + head width), so its metadata is what the loader will check
+    info = storymaker_weights_from_state_dict(state, os.path.basename(path), dim_head).info
+    if not path.endswith(".safetensors") and dim_head != RELEASE_DIM_HEAD:
+        raise ValueError(f"{path}: a .bin cannot record the head width ({dim_head}), and loaders assume the "
+                         f"release's {RELEASE_DIM_HEAD}: export to .safetensors instead")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = path + ".tmp"
     if path.endswith(".safetensors"):
         from safetensors.torch import save_file
 
         flat = {f"{section}.{k}": v for section in (IMAGE_PROJ, IP_ADAPTER) for k, v in state[section].items()}
-        save_file(flat, tmp, metadata={"format": "pt", "storymaker": "trained with ComfyUI-StoryMaker training/"})
-    elif path.endswith((".bin", ".pt", ".pth")):
-        torch.save({IMAGE_PROJ: dict(state[IMAGE_PROJ]), IP_ADAPTER: dict(state[IP_ADAPTER])}, tmp)
+        save_file(flat, tmp, metadata={"format": "pt", "storymaker": "trained with ComfyUI-StoryMaker training/",
+                                       **weights_metadata(info)})
     else:
-        raise ValueError(f"{path}: export to .safetensors or .bin")
+        torch.save({IMAGE_PROJ: dict(state[IMAGE_PROJ]), IP_ADAPTER: dict(state[IP_ADAPTER])}, tmp)
     os.replace(tmp, path)  # never leave a half-written file under the final name
-    return load_storymaker_weights(path, dim_head=dim_head) if check else None
+    if not check:
+        return None
+    weights = load_storymaker_weights(path)
+    if weights.info.resampler != info.resampler:
+        raise ValueError(f"{path}: reads back as {weights.info.resampler}, not the saved {info.resampler}")
+    return weights
 
 
 def split_training_state(state: Mapping[str, Tensor]) -> dict:
@@ -80,7 +110,8 @@ def split_training_state(state: Mapping[str, Tensor]) -> dict:
     return {IMAGE_PROJ: image_proj, IP_ADAPTER: ip_adapter}
 
 
-def export_model(model, path: str, dtype: str = "fp16", dim_head: int = 64, state: Optional[Mapping] = None):
+def export_model(model, path: str, dtype: str = "fp16", dim_head: int = RELEASE_DIM_HEAD,
+                 state: Optional[Mapping] = None):
     """A `StoryMakerTrainingModel` -> release-layout file; returns the loaded-back weights.
 
     state: the full training state dict when the live parameters are sharded (FSDP/ZeRO-3:
@@ -114,17 +145,29 @@ def state_from_checkpoint(checkpoint: str) -> dict:
         raise ValueError(f"{checkpoint}: {e}") from e
 
 
+def checkpoint_dim_head(checkpoint: str) -> int:
+    """The head width recorded by the file the trainer exports into every checkpoint folder."""
+    exported = Path(checkpoint) / "storymaker.safetensors"
+    recorded = read_metadata(str(exported)).get(META_DIM_HEAD) if exported.is_file() else None
+    if recorded is None:
+        raise ValueError(f"{checkpoint}: no {exported.name} with a recorded head width; pass --dim-head (the run's "
+                         f"model.dim_head: {RELEASE_DIM_HEAD} for SDXL, 16 for the tiny model)")
+    return int(recorded)
+
+
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="storymaker-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder (RUN/checkpoints/step-NNNNNN)")
-    parser.add_argument("--output", required=True, help="target .safetensors or .bin")
+    parser.add_argument("--output", required=True, help="target .safetensors (or .bin for the release's head width)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")
-    parser.add_argument("--dim-head", type=int, default=64, help="resampler head width (64 for SDXL)")
+    parser.add_argument("--dim-head", type=int, default=None,
+                        help="resampler head width (default: the one the checkpoint recorded)")
     args = parser.parse_args(argv)
     try:
         state = state_from_checkpoint(args.checkpoint)
+        dim_head = args.dim_head if args.dim_head is not None else checkpoint_dim_head(args.checkpoint)
         weights = save_storymaker_file(release_layout(state[IMAGE_PROJ], state[IP_ADAPTER], DTYPES[args.dtype]),
-                                       args.output, args.dim_head)
+                                       args.output, dim_head)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -1,6 +1,7 @@
-"""CLI: ``python -m storymaker_core.evaluate {score,prompts} ...`` (``score`` is the default).
+"""CLI: ``python -m storymaker_core.evaluate {score,story,prompts} ...`` (``score`` is the default).
 
 score    read manifest(s) + images, write results.json / results.md / metrics.png
+story    story consistency (identity across shots, face counts) of story runner or ViStoryBench stories
 prompts  list FastComposer's prompts, or write a generation plan (a manifest skeleton)
 """
 
@@ -23,7 +24,7 @@ from .report import bar_chart, markdown_table, write_json
 from .scoring import ReferenceEmbeddings, ScoringOptions, score_manifest
 
 logger = logging.getLogger("storymaker_core.evaluate")
-COMMANDS = ("score", "prompts")
+COMMANDS = ("score", "story", "prompts")
 
 
 def _pairs(values: Sequence[str] | None, what: str) -> dict[str, str]:
@@ -36,18 +37,7 @@ def _pairs(values: Sequence[str] | None, what: str) -> dict[str, str]:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m storymaker_core.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command")
-
-    s = sub.add_parser("score", help="score generated images (Face Sim, CLIP-I, CLIP-T, swaps)")
-    s.add_argument("--manifest", "-m", action="append", required=True,
-                   help="manifest JSON (or folder with manifest.json); repeat once per method")
-    s.add_argument("--out", "-o", required=True, help="output folder for results.json/.md and metrics.png")
-    s.add_argument("--reference", action="append", metavar="NAME=PATH",
-                   help="reference image for a character (adds to / overrides the manifests')")
-    s.add_argument("--images-dir", help="folder the image 'file' entries are relative to (one manifest only)")
+def _add_model_args(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("face similarity (insightface)")
     g.add_argument("--insightface-root", default="~/.insightface",
                    help="folder containing models/<name>/*.onnx (ComfyUI: ComfyUI/models/insightface)")
@@ -67,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--clip-precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     c.add_argument("--clip-batch-size", type=int, default=8)
     c.add_argument("--no-clip", action="store_true", help="skip CLIP metrics")
+
+
+def _add_stats_args(s: argparse.ArgumentParser) -> None:
     st = s.add_argument_group("statistics / output")
     st.add_argument("--ci", default="t", choices=("t", "bootstrap"), help="confidence interval method")
     st.add_argument("--confidence", type=float, default=0.95)
@@ -74,6 +67,39 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     st.add_argument("--no-plot", action="store_true")
     st.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m storymaker_core.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command")
+
+    s = sub.add_parser("score", help="score generated images (Face Sim, CLIP-I, CLIP-T, swaps)")
+    s.add_argument("--manifest", "-m", action="append", required=True,
+                   help="manifest JSON (or folder with manifest.json); repeat once per method")
+    s.add_argument("--out", "-o", required=True, help="output folder for results.json/.md and metrics.png")
+    s.add_argument("--reference", action="append", metavar="NAME=PATH",
+                   help="reference image for a character (adds to / overrides the manifests')")
+    s.add_argument("--images-dir", help="folder the image 'file' entries are relative to (one manifest only)")
+    _add_model_args(s)
+    _add_stats_args(s)
+
+    t = sub.add_parser("story", help="story consistency: reference<->shot and shot<->shot identity, face counts",
+                       description="Score identity consistency across the shots of stories (docs/evaluation.md, "
+                                   "'Story consistency').")
+    src = t.add_argument_group("stories (one source)")
+    src.add_argument("--manifest", "-m", action="append", default=[],
+                     help="story runner output story/<name>/ (or its manifest.json); repeat for more stories")
+    src.add_argument("--method", default="StoryMaker", help="label of the runner stories in the results")
+    src.add_argument("--identity", action="append", metavar="NAME=MODE", default=[],
+                     help="override a runner character's identity mode: auto, face or appearance")
+    src.add_argument("--vistorybench-outputs", action="append", default=[], metavar="RUN",
+                     help="ViStoryBench run folder OUTPUTS/<method>/<mode>/<language>/<timestamp>; repeat per method")
+    src.add_argument("--dataset", help="ViStoryBench dataset (folder of NN/story.json, or its parent)")
+    src.add_argument("--stories", nargs="+", metavar="ID", help="ViStoryBench: only these story ids")
+    t.add_argument("--out", "-o", required=True, help="output folder for results.json/.md and story_consistency.png")
+    _add_model_args(t)
+    _add_stats_args(t)
 
     pr = sub.add_parser("prompts", help="list FastComposer prompts or write a generation plan")
     pr.add_argument("--subset", default=DEFAULT_SUBSET, help=SUBSET_HELP)
@@ -100,31 +126,9 @@ def _device(name: str) -> str:
         return "cpu"
 
 
-def run_score(args: argparse.Namespace) -> int:
-    refs = _pairs(args.reference, "--reference")
-    if args.images_dir and len(args.manifest) > 1:
-        print("error: --images-dir needs exactly one --manifest", file=sys.stderr)
-        return 2
-    manifests = [load_manifest(m, references=refs, images_dir=args.images_dir) for m in args.manifest]
-    names = [m.method for m in manifests]
-    if len(set(names)) != len(names):
-        print(f"error: two manifests use the same method name {names}; set 'method' in each", file=sys.stderr)
-        return 2
-    problems = [msg for m in manifests for msg in check_files(m)]
-    if problems:
-        print("error: missing files:\n  " + "\n  ".join(problems), file=sys.stderr)
-        return 2
-    unlike = comparability_problems(manifests)
-    for msg in unlike:
-        print(f"warning: {msg}", file=sys.stderr)
-
+def _make_embedders(args: argparse.Namespace, meta: dict):
+    """(face embedder or None, CLIP embedder or None) from the model options; describes them in ``meta``."""
     face_embedder = clip_embedder = None
-    meta: dict = {"format": FORMAT, "manifests": [str(m.path) for m in manifests]}
-    if unlike:
-        meta["not_like_for_like"] = unlike
-    skipped = {m.method: list(m.skipped) for m in manifests if m.skipped}
-    if skipped:
-        meta["not_scored_scenes_without_file"] = skipped
     if not args.no_face:
         from ..faces import FaceAnalyzerConfig
         from .embedders import FaceEmbedder
@@ -147,6 +151,34 @@ def run_score(args: argparse.Namespace) -> int:
         clip_embedder = ClipEmbedder(clip_cfg)
         meta["clip_model"] = clip_embedder.description
         meta["clip"] = asdict(clip_cfg)
+    return face_embedder, clip_embedder
+
+
+def run_score(args: argparse.Namespace) -> int:
+    refs = _pairs(args.reference, "--reference")
+    if args.images_dir and len(args.manifest) > 1:
+        print("error: --images-dir needs exactly one --manifest", file=sys.stderr)
+        return 2
+    manifests = [load_manifest(m, references=refs, images_dir=args.images_dir) for m in args.manifest]
+    names = [m.method for m in manifests]
+    if len(set(names)) != len(names):
+        print(f"error: two manifests use the same method name {names}; set 'method' in each", file=sys.stderr)
+        return 2
+    problems = [msg for m in manifests for msg in check_files(m)]
+    if problems:
+        print("error: missing files:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 2
+    unlike = comparability_problems(manifests)
+    for msg in unlike:
+        print(f"warning: {msg}", file=sys.stderr)
+
+    meta: dict = {"format": FORMAT, "manifests": [str(m.path) for m in manifests]}
+    if unlike:
+        meta["not_like_for_like"] = unlike
+    skipped = {m.method: list(m.skipped) for m in manifests if m.skipped}
+    if skipped:
+        meta["not_scored_scenes_without_file"] = skipped
+    face_embedder, clip_embedder = _make_embedders(args, meta)
 
     ci = CIOptions(method=args.ci, confidence=args.confidence, n_boot=args.n_boot, seed=args.seed)
     meta["ci"] = ci.describe()
@@ -168,6 +200,74 @@ def run_score(args: argparse.Namespace) -> int:
     (out / "results.md").write_text(md, encoding="utf-8")
     if not args.no_plot:
         bar_chart(out / "metrics.png", summary)
+    print(md)
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- story
+def _load_stories(args: argparse.Namespace) -> list:
+    from .story_input import StoryInputError, load_runner_stories
+
+    if bool(args.manifest) == bool(args.vistorybench_outputs):
+        raise StoryInputError("give story runner stories (--manifest) or ViStoryBench run folders "
+                              "(--vistorybench-outputs with --dataset), not both and not neither")
+    if args.manifest:
+        if args.dataset or args.stories:
+            raise StoryInputError("--dataset and --stories go with --vistorybench-outputs, not --manifest")
+        return load_runner_stories(args.manifest, method=args.method, identities=_pairs(args.identity, "--identity"))
+    if not args.dataset:
+        raise StoryInputError("--vistorybench-outputs needs --dataset (the ViStoryBench dataset folder)")
+    if args.identity:
+        raise StoryInputError("--identity is for story runner manifests; ViStoryBench modes come from the tags")
+    from .story_vistorybench import stories_from_vistorybench
+
+    stories = [s for run in args.vistorybench_outputs
+               for s in stories_from_vistorybench(run, args.dataset, args.stories)]
+    keys = [(s.method, s.name) for s in stories]
+    twice = sorted({m for m, n in keys if keys.count((m, n)) > 1})
+    if twice:
+        raise StoryInputError(f"several ViStoryBench runs of method(s) {twice}: score each run separately")
+    return stories
+
+
+def run_story(args: argparse.Namespace) -> int:
+    from .story_metrics import summarise_stories
+    from .story_report import story_chart, story_markdown, write_story_json
+    from .story_scoring import StoryScore, StoryScoringOptions, score_story
+
+    stories = _load_stories(args)
+    meta: dict = {"sources": sorted({str(s.source) for s in stories}),
+                  "stories": {s.method: [] for s in stories}}
+    for s in stories:
+        meta["stories"][s.method].append(s.name)
+        if s.notes:
+            meta.setdefault("notes", {})[f"{s.method}/{s.name}"] = list(s.notes)
+    face_embedder, clip_embedder = _make_embedders(args, meta)
+    ci = CIOptions(method=args.ci, confidence=args.confidence, n_boot=args.n_boot, seed=args.seed)
+    meta["ci"] = (f"{ci.confidence:.0%} " + ("Student-t interval with a cluster-robust (CR1) standard error"
+                  if ci.method == "t" else f"percentile cluster bootstrap ({ci.n_boot} resamples, seed {ci.seed})")
+                  + " over stories: the stories are the independent samples")
+    meta["units"] = "summary: 100 x cosine, count accuracy and swap rate in %; characters/shots: raw cosines"
+    meta["identity"] = ("face: ArcFace (insightface) of matched faces; appearance: CLIP-I of the reference's "
+                        "character crop (mask, else whole image) vs the whole shot")
+    meta["face_matching"] = (f"K on-stage face characters <-> K+{args.extra_faces} largest faces, best assignment; "
+                             "swap = matched face closer to another on-stage character")
+    meta["count"] = "count accuracy: detected faces == on-stage face characters (stories with a face character)"
+    total = StoryScore()
+    options = StoryScoringOptions(extra_faces=args.extra_faces, show_progress=not args.quiet)
+    for story in stories:
+        one = score_story(story, face_embedder, clip_embedder, options)
+        total.characters += one.characters
+        total.shots += one.shots
+    summary = summarise_stories(total.characters, total.shots, ci)
+    out = Path(args.out).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    write_story_json(out / "results.json", summary, total.characters, total.shots, meta)
+    md = story_markdown(summary, total.characters, total.shots, meta)
+    (out / "results.md").write_text(md, encoding="utf-8")
+    if not args.no_plot:
+        story_chart(out / "story_consistency.png", summary)
     print(md)
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
@@ -231,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return run_score(args) if args.command == "score" else run_prompts(args)
+        run = {"score": run_score, "story": run_story, "prompts": run_prompts}[args.command]
+        return run(args)
     except (ManifestError, EmbedderError, ValueError, FileNotFoundError, ImportError) as exc:
         # FaceAnalyzer errors subclass these; their messages say what to do
         print(f"error: {exc}", file=sys.stderr)

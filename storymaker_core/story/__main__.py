@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import StoryError
 from .progress import TqdmHandler
 from .runner import RunOptions, StoryRunner
-from .server import LocalComfyUI, find_comfyui, find_python
+from .server import LocalComfyUI, comfyui_output_dir, find_comfyui, find_python
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,10 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="start the local ComfyUI with --cpu")
     p.add_argument("--comfyui-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for the local ComfyUI's main.py (repeatable)")
-    p.add_argument("--out", type=Path, default=Path("story"), help="output root; files go to OUT/<story name>/")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="output root; files go to DIR/<story name>/. Default: when the runner starts ComfyUI, that "
+                        "ComfyUI's output/storymaker (beside the images ComfyUI saves); with --server, ./story")
     p.add_argument("--check", action="store_true",
-                   help="upload references and validate every scene against the server(s); queue nothing "
-                        "(exit code 2 when a server does not answer)")
+                   help="upload references, validate every scene and read the headers of every model file it "
+                        "loads, on the server(s); queue nothing, write nothing (exit code 2 on any problem, or "
+                        "when a server does not answer or cannot inspect model files)")
     d = RunOptions()
     p.add_argument("--max-queue", type=int, default=d.max_queue, metavar="N",
                    help="give a server another scene only while its queue is shorter than N (default %(default)s)")
@@ -58,10 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _server_urls(args: argparse.Namespace) -> list[str]:
+    return [u.strip() for arg in args.server for u in arg.split(",") if u.strip()]
+
+
+def output_root(args: argparse.Namespace) -> Path:
+    """``--out``; else, when the runner starts ComfyUI, that ComfyUI's ``output/storymaker`` (where its users
+    look for images, and where its SaveImage nodes put this story's); else ``./story``."""
+    if args.out is not None:
+        return args.out
+    if _server_urls(args):
+        return Path("story")
+    return comfyui_output_dir(find_comfyui(args.comfyui), args.comfyui_arg) / "storymaker"
+
+
 @contextlib.asynccontextmanager
 async def _servers(args: argparse.Namespace, runner: StoryRunner):
-    """The given servers, or a local ComfyUI started for the duration of the run."""
-    servers = [u.strip() for arg in args.server for u in arg.split(",") if u.strip()]
+    """The given servers, or a local ComfyUI started for the duration of the run (its log beside the story)."""
+    servers = _server_urls(args)
     if servers:
         yield servers
         return
@@ -74,18 +91,19 @@ async def _servers(args: argparse.Namespace, runner: StoryRunner):
 
 async def _run(args: argparse.Namespace) -> int:
     options = RunOptions(
-        out_dir=args.out, connect_timeout=args.connect_timeout, request_timeout=args.request_timeout,
+        out_dir=output_root(args), connect_timeout=args.connect_timeout, request_timeout=args.request_timeout,
         scene_timeout=args.scene_timeout, poll_interval=args.poll_interval, max_queue=max(1, args.max_queue),
         max_attempts=max(1, args.attempts), contact_sheet=not args.no_contact_sheet, progress=not args.quiet)
     runner = StoryRunner(args.story, options=options)
     if args.check:
         async with _servers(args, runner) as servers:
             runner.servers = servers
-            fit, dropped = await runner.check()
-        print(f"{runner.story.name}: all {len(runner.plans)} scene(s) fit {', '.join(fit)}")
-        for reason in dropped.values():  # a server that did not answer was not checked: not a pass
+            fit, unchecked = await runner.check()
+        if fit:
+            print(f"{runner.story.name}: all {len(runner.plans)} scene(s) fit {', '.join(fit)}")
+        for reason in unchecked.values():  # a server that was not fully checked: not a pass
             print(f"error: not checked: {reason}", file=sys.stderr)
-        return 2 if dropped else 0
+        return 2 if unchecked or not fit else 0
     if runner.needs_server():
         async with _servers(args, runner) as servers:
             runner.servers = servers

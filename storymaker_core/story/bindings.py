@@ -18,6 +18,9 @@ KNOWN_BINDINGS = {
     "steps": "steps", "cfg": "cfg", "sampler_name": "sampler_name", "scheduler": "scheduler",
     "denoise": "denoise", "pose": "image", "filename_prefix": "filename_prefix", "output": None,
 }
+#: ``bindings.characters.<name>`` parts -> the node input each targets by default (identity: the cast's
+#: ``identity`` mode, written to a StoryMaker Character from Image node)
+CHARACTER_PARTS = {"image": "image", "mask": "image", "identity": "identity"}
 _CUSTOM = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -34,7 +37,7 @@ class Target:
 @dataclass
 class Bindings:
     targets: dict[str, tuple[Target, ...]] = field(default_factory=dict)
-    #: cast name or slot number ("1") -> {"image": targets, "mask": targets}
+    #: cast name or slot number ("1") -> {"image": targets, "mask": targets, "identity": targets}
     characters: dict[str, dict[str, tuple[Target, ...]]] = field(default_factory=dict)
 
     def merged(self, other: "Bindings") -> "Bindings":
@@ -68,7 +71,7 @@ def _targets(c: Checker, raw: Any, where: str, default_input: str | None, need_i
 
 def _character_bindings(c: Checker, raw: Any, where: str, cast: dict) -> dict[str, dict[str, tuple[Target, ...]]]:
     if not isinstance(raw, dict):
-        c.bad(where, "expected a mapping of cast name (or slot number) -> {image: ..., mask: ...}")
+        c.bad(where, "expected a mapping of cast name (or slot number) -> {image: ..., mask: ..., identity: ...}")
         return {}
     out = {}
     for key, parts in raw.items():
@@ -77,9 +80,9 @@ def _character_bindings(c: Checker, raw: Any, where: str, cast: dict) -> dict[st
         name = str(int(key)) if key.isdigit() else cast_name(cast, key)
         if name is None:
             c.bad(spot, f"'{key}' is not in the cast ({', '.join(cast) or 'empty'}) nor a slot number")
-        elif c.mapping(parts, spot, ("image", "mask")) is not None:
-            out[name] = {part: _targets(c, t, f"{spot}.{part}", "image", True) for part, t in parts.items()
-                         if part in ("image", "mask")}
+        elif c.mapping(parts, spot, tuple(CHARACTER_PARTS)) is not None:
+            out[name] = {part: _targets(c, t, f"{spot}.{part}", CHARACTER_PARTS[part], True) for part, t in parts.items()
+                         if part in CHARACTER_PARTS}
     return out
 
 

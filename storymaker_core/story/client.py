@@ -166,6 +166,21 @@ class ComfyClient:
             self._watches[server_id] = self._watches.pop(prompt_id)
         return answer
 
+    async def inspect_model_files(self, files: list[dict]) -> list[dict] | None:
+        """``POST /storymaker/inspect``: the pack's verdict on each ``{folder, name, kind}`` (same order), or
+        None when the server has no such route (no StoryMaker pack there, or an older one)."""
+        status, body = await self._request("POST", "/storymaker/inspect", json={"files": files})
+        if status in (404, 405):
+            return None
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if status != 200 or not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
+            raise ServerUnavailable(self.url, f"POST /storymaker/inspect answered HTTP {status}: "
+                                              f"{body[:200].decode('utf-8', 'replace')}")
+        return answer["results"]
+
     async def history(self, prompt_id: str) -> dict | None:
         """The finished prompt's history entry, or None while it is queued or running."""
         answer = await self._json("GET", f"/history/{prompt_id}")

@@ -38,6 +38,26 @@ class ValidationFailed(StoryError):
         super().__init__(_join(f"the workflow does not fit the server {url}", self.problems))
 
 
+class ModelFilesUnusable(ValidationFailed):
+    """A model file the prompts load is missing, damaged or of the wrong kind (the server read its header)."""
+
+    def __init__(self, url: str, problems: Iterable[str]):
+        self.url = url
+        self.problems = list(problems)
+        StoryError.__init__(self, _join(f"model files on {url} cannot be used", self.problems))
+
+
+class CannotInspectModels(StoryError):
+    """The server has no ``/storymaker/inspect`` route, so the model files' contents could not be checked."""
+
+    def __init__(self, url: str):
+        self.url = url
+        super().__init__(f"{url} cannot inspect model files (it has no /storymaker/inspect route: the "
+                         f"ComfyUI-StoryMaker pack there is missing or older than this runner), so empty, truncated "
+                         f"or wrong model files would only be found when a scene runs. Update the pack on that "
+                         f"server and restart it")
+
+
 class ServerUnavailable(StoryError):
     """A server did not answer (refused, reset, timed out, 5xx). Its scenes go to another server."""
 

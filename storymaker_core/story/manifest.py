@@ -32,13 +32,17 @@ def now_iso() -> str:
 
 
 class Manifest:
-    def __init__(self, path: Path, data: dict[str, Any]):
+    def __init__(self, path: Path, data: dict[str, Any], deferred: bool = False):
         self.path = path
         self.data = data
+        self.deferred = deferred  # changes stay in memory until ``commit``
 
     @classmethod
-    def open(cls, path: Path, story: dict[str, Any]) -> "Manifest":
-        """Load the manifest at ``path`` (or start one). An unreadable one is moved aside, never deleted."""
+    def open(cls, path: Path, story: dict[str, Any], deferred: bool = False) -> "Manifest":
+        """Load the manifest at ``path`` (or start one). An unreadable one is moved aside, never deleted.
+
+        ``deferred``: write nothing until ``commit()`` (the runner commits once the story is validated, so a
+        story that cannot run leaves no manifest behind)."""
         data: dict[str, Any] = {}
         if path.exists():
             try:
@@ -60,9 +64,14 @@ class Manifest:
             log.warning("%s was written for %s, now for %s: scenes are matched by id and checked by "
                         "fingerprint, so nothing is mixed up", path, previous, story.get("file"))
         data["story"] = story
-        manifest = cls(path, data)
+        manifest = cls(path, data, deferred)
         manifest.save()
         return manifest
+
+    def commit(self) -> None:
+        """Start writing: save now and after every change from here on."""
+        self.deferred = False
+        self.save()
 
     @property
     def scenes(self) -> dict[str, dict[str, Any]]:
@@ -90,6 +99,8 @@ class Manifest:
         self.save()
 
     def save(self) -> None:
+        if self.deferred:
+            return
         self.data["updated"] = now_iso()
         text = json.dumps(self.data, indent=2, ensure_ascii=False) + "\n"
         atomic_write(self.path, text.encode("utf-8"))

@@ -151,15 +151,18 @@ class _Planner:
         for key, name in assignment.items():
             parts, member = keys[key], cast[name]
             if not parts.get("image"):
-                problems.append(f"{wf}: has a mask node for character {key} but no 'character:{key}' image node")
+                problems.append(f"{wf}: has a {' and '.join(sorted(parts))} binding for character {key} but no "
+                                f"'character:{key}' image node")
                 continue
             up = self.upload(member.image)
             uploads.append(up)
             values.update({slot: up.name for slot in parts["image"]})
-            for slot in parts["image"]:  # the pack's character node takes the cast name: its errors name them
-                for node_id, input_name in tpl.consumers(slot.node):
-                    if input_name == "image" and tpl.nodes[node_id]["class_type"] == CHARACTER_NODE:
-                        values[Slot(node_id, "name")] = name
+            character_nodes = [node_id for slot in parts["image"] for node_id, input_name in tpl.consumers(slot.node)
+                               if input_name == "image" and tpl.nodes[node_id]["class_type"] == CHARACTER_NODE]
+            for node_id in character_nodes:  # the pack's character node takes the cast name: its errors name them
+                values[Slot(node_id, "name")] = name
+            if member.identity is not None:
+                _plan_identity(member, key, parts, character_nodes, tpl, values, problems)
             if parts.get("mask"):
                 if member.mask is None:
                     problems.append(f"cast '{name}': {wf} has a mask node for this character "
@@ -169,6 +172,33 @@ class _Planner:
                 uploads.append(up)
                 values.update({slot: up.name for slot in parts["mask"]})
         return tuple(chosen)
+
+
+def _identity_problem(tpl: Template, name: str, key: str, why: str) -> str:
+    return (f"cast '{name}' sets `identity:` but {why}; regenerate or re-export the template with the current pack "
+            f"(its StoryMaker Character from Image node has an `identity` input), bind it under "
+            f"`bindings.characters.{key}.identity`, or remove `identity:` to keep {tpl.path.name}'s own setting")
+
+
+def _plan_identity(member, key: str, parts: dict, character_nodes: list[str], tpl: Template, values: dict,
+                   problems: list[str]) -> None:
+    """Write the cast member's ``identity`` mode: to explicit ``bindings.characters.<name>.identity`` targets,
+    else to the StoryMaker Character from Image node fed by its ``character:<key>`` image. A template that
+    cannot take it is an error, never silently ignored (the character would be read in another mode)."""
+    wf = tpl.path.name
+    slots = list(parts.get("identity") or [])
+    if not slots:
+        if not character_nodes:
+            problems.append(_identity_problem(tpl, member.name, key, f"no {CHARACTER_NODE} node in {wf} is fed by "
+                                                                     f"its 'character:{key}' image"))
+            return
+        for node_id in character_nodes:
+            if "identity" not in tpl.nodes[node_id]["inputs"]:
+                problems.append(_identity_problem(tpl, member.name, key, f"{tpl.describe(node_id)} in {wf} has no "
+                                                                         "'identity' input (made before it existed)"))
+                return
+        slots = [Slot(node_id, "identity") for node_id in character_nodes]
+    values.update({slot: member.identity for slot in slots})
 
 
 def plan_story(story: Story) -> list[ScenePlan]:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from .client import ComfyClient
 from .contact_sheet import write_contact_sheet
-from .errors import NoServerLeft, SceneTimeout, ServerUnavailable, StoryError
+from .errors import CannotInspectModels, NoServerLeft, SceneTimeout, ServerUnavailable, StoryError
 from .files import file_sha256, sha256_bytes, write_new_file
 from .manifest import DONE, FAILED, PENDING, QUEUED, REMOVED, RUNNING, Manifest, now_iso
+from .model_check import check_model_files
 from .plan import ScenePlan, plan_story
 from .pool import Server, ServerPool
 from .progress import Progress
@@ -84,12 +85,13 @@ class StoryRunner:
     # -- what is left to do -------------------------------------------------------------------------
 
     def triage(self) -> tuple[list[ScenePlan], list[ScenePlan], list[ScenePlan]]:
-        """(verified done, to fetch again, to render). Needs no server; opens/creates the manifest."""
+        """(verified done, to fetch again, to render). Needs no server; reads the manifest but writes it only
+        once ``run`` has validated what it will render (a story that cannot run leaves no manifest)."""
         if self._triage is not None:
             return self._triage
         story = self.story
         self.manifest = m = Manifest.open(self.story_dir / "manifest.json", {
-            "name": story.name, "file": str(story.path), "sha256": file_sha256(story.path)})
+            "name": story.name, "file": str(story.path), "sha256": file_sha256(story.path)}, deferred=True)
         # the references, so `python -m storymaker_core.evaluate story/<name>` scores the story as it is
         m.set("cast", {c.name: {"image": str(c.image), **({"mask": str(c.mask)} if c.mask else {})}
                        for c in story.cast.values()})
@@ -174,21 +176,49 @@ class StoryRunner:
     # -- running ------------------------------------------------------------------------------------
 
     async def check(self) -> tuple[list[str], dict[str, str]]:
-        """Upload references and validate every scene against every server; queue nothing.
-        Returns the servers the story fits and those that did not answer (url -> why)."""
+        """Upload references, validate every scene and every model file it loads on every server; queue
+        nothing, write nothing. Returns the servers the story fits and those not checked (url -> why: it did
+        not answer, or it cannot inspect model files). A problem on any server raises ``ValidationFailed``."""
         async with self._pool() as pool:
             await pool.prepare(self.plans)
-            return [s.url for s in pool.live()], pool.dropped()
+            unchecked = await self._check_models(pool, self.plans)
+            return [s.url for s in pool.live() if s.url not in unchecked], {**pool.dropped(), **unchecked}
+
+    async def _check_models(self, pool: ServerPool, plans: list[ScenePlan]) -> dict[str, str]:
+        """Every model file the plans load, judged by each live server (raises ``ModelFilesUnusable``);
+        returns the servers that cannot inspect model files (url -> why). A server that stops answering
+        is dropped."""
+        unchecked = {}
+        for server in pool.live():
+            try:
+                checked = await check_model_files(server.client, [(p.stem, server.adapt(p.prompt)) for p in plans])
+            except CannotInspectModels as exc:
+                unchecked[server.url] = str(exc)
+            except ServerUnavailable as exc:
+                pool.mark_dead(server, str(exc))
+            else:
+                if checked:
+                    log.info("%s: %d model file(s) checked", server.url, checked)
+        return unchecked
+
+    def _start(self, done: int) -> None:
+        """Validated: from here on the manifest is written and the progress bar drawn."""
+        self.manifest.commit()
+        self.progress = Progress(len(self.plans), done, self.options.progress)
 
     async def run(self) -> RunReport:
         done, refetch, render = self.triage()
         report = RunReport(self.story_dir, skipped=[p.stem for p in done])
-        self.progress = Progress(len(self.plans), len(done), self.options.progress)
         try:
-            if refetch or render:
+            if not (refetch or render):
+                self._start(len(done))
+            else:
                 async with self._pool() as pool:
                     await self._cancel_stale(pool)  # before validating: the manifest no longer lists them
                     await pool.prepare(refetch + render)
+                    for reason in (await self._check_models(pool, refetch + render)).values():
+                        log.warning("%s", reason)  # ComfyUI still checks the names when it queues
+                    self._start(len(done))
                     for plan in refetch:
                         if await self._refetch(pool, plan):
                             report.refetched.append(plan.stem)

@@ -17,7 +17,10 @@ from .bindings import KNOWN_BINDINGS, Bindings, parse_bindings
 from .checker import MAX_SEED, Checker, cast_name, read_document, slug_or_hash, slugify
 from .errors import StoryFileError
 
-__all__ = ["CastMember", "ImageValue", "Scene", "Story", "WorkflowSpec", "default_seed", "load_story", "slugify"]
+__all__ = ["CastMember", "IDENTITY_MODES", "ImageValue", "Scene", "Story", "WorkflowSpec", "default_seed", "load_story",
+           "slugify"]
+#: ``cast[].identity``: how StoryMaker Character from Image reads the reference (its ``identity`` input)
+IDENTITY_MODES = ("auto", "face", "appearance")
 SAMPLING_KEYS = ("steps", "cfg", "sampler_name", "scheduler", "denoise")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -41,6 +44,7 @@ class CastMember:
     name: str
     image: Path
     mask: Path | None = None
+    identity: str | None = None  # one of IDENTITY_MODES; None: leave the template's value
 
 
 @dataclass
@@ -230,13 +234,13 @@ def _cast(c: Checker, raw: Any) -> dict[str, CastMember]:
     if isinstance(raw, dict):  # also accept {name: {image, mask}}
         raw = [{"name": k, **v} if isinstance(v, dict) else {"name": k, "image": v} for k, v in raw.items()]
     if not isinstance(raw, list):
-        c.bad("cast", "expected a list of {name, image, mask}")
+        c.bad("cast", "expected a list of {name, image, mask, identity}")
         return {}
     cast: dict[str, CastMember] = {}
     seen: set[str] = set()
     for i, member in enumerate(raw):
         where = f"cast[{i}]"
-        if c.mapping(member, where, ("name", "image", "mask"), ("name", "image")) is None:
+        if c.mapping(member, where, ("name", "image", "mask", "identity"), ("name", "image")) is None:
             continue
         name = c.string(member.get("name"), f"{where}.name") if member.get("name") is not None else None
         if name is not None and name.strip().isdigit():
@@ -249,8 +253,13 @@ def _cast(c: Checker, raw: Any) -> dict[str, CastMember]:
             seen.add(name.strip().casefold())
         image = c.file(member.get("image"), f"{where}.image") if member.get("image") is not None else None
         mask = c.file(member["mask"], f"{where}.mask") if member.get("mask") is not None else None
+        identity = member.get("identity")
+        if identity is not None and identity not in IDENTITY_MODES:
+            c.bad(f"{where}.identity", f"expected one of {', '.join(IDENTITY_MODES)}; got {identity!r} (face: ArcFace "
+                                      "identity, appearance: no face, e.g. anime or animals; auto: decided per reference)")
+            identity = None
         if name and image:
-            cast[name.strip()] = CastMember(name.strip(), image, mask)
+            cast[name.strip()] = CastMember(name.strip(), image, mask, identity)
     return cast
 
 

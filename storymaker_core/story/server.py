@@ -67,6 +67,28 @@ def find_python(root: Path, explicit: str | None = None, environ: Mapping[str, s
     return sys.executable
 
 
+def _arg_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` in a command line (``--flag V`` or ``--flag=V``; the last one wins)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def comfyui_output_dir(root: Path, extra_args: Sequence[str] = ()) -> Path:
+    """Where the ComfyUI in ``root`` started with ``extra_args`` saves images: ``--output-directory``, else
+    ``<--base-directory>/output``, else ``root/output`` (relative paths are ComfyUI's, i.e. from ``root``)."""
+    root = Path(root)
+    output = _arg_value(extra_args, "--output-directory")
+    if output:
+        return (root / Path(output).expanduser()).resolve()
+    base = _arg_value(extra_args, "--base-directory")
+    return ((root / Path(base).expanduser()) if base else root).resolve() / "output"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -173,10 +173,11 @@ def validate_prompts(labelled: Iterable[tuple[str, dict]], object_info: dict, ur
         for problem in check_prompt(prompt, object_info):
             where.setdefault(problem, []).append(label)
     if where:
-        raise ValidationFailed(url, [f"{_labels(labels)}: {problem}" for problem, labels in where.items()])
+        raise ValidationFailed(url, [f"{scene_labels(labels)}: {problem}" for problem, labels in where.items()])
 
 
-def _labels(labels: list[str]) -> str:
+def scene_labels(labels: list[str]) -> str:
+    """``scene 01-a`` / ``scenes 01-a, 02-b, 03-c and 4 more``."""
     if len(labels) == 1:
         return f"scene {labels[0]}"
     more = f" and {len(labels) - 3} more" if len(labels) > 3 else ""

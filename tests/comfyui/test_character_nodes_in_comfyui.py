@@ -112,3 +112,35 @@ def test_blend_and_clothing_through_the_nodes(comfy):
     (swapped,) = encode(adapter, character(pack, 1, clothing=clothing), False, clip_vision=vision)
     (plain,) = encode(adapter, a, False, clip_vision=vision)
     assert relative_error(swapped.cond[1, 4:], plain.cond[1, 4:]) > 1e-3  # the character tokens changed
+
+
+class NoFaces:
+    """An INSIGHTFACE stand-in for a character without a face (raises the pack's own NoFaceFoundError)."""
+
+    def __init__(self, pack):
+        self.error = pack.storymaker_core.faces.NoFaceFoundError
+
+    def select_face(self, image, image_name, index):
+        raise self.error(f"no face found in {image_name}")
+
+
+def test_appearance_character_through_the_nodes_and_its_saved_file(comfy):
+    """auto on a reference without a face and without mask or SAM: the whole image is the character; the
+    saved file keeps the mode; its tokens have the negative's face tokens."""
+    pack, vision, adapter, folder = comfy
+    from skimage import data
+
+    image = torch.from_numpy(data.coffee()).float()[None] / 255
+    rabbit, crop, face, mask, used = pack.nodes.characters.StoryMakerCharacterFromImage().build(
+        image, NoFaces(pack), "Big Brown Rabbit", 0, "auto")
+    assert rabbit.identity == "appearance" and used == "image: appearance (auto: no face found)" and (mask == 1).all()
+    encode = pack.nodes.encode.StoryMakerEncodeCharacters().encode
+    (direct,) = encode(adapter, rabbit, False, clip_vision=vision)
+    measured("appearance character: face tokens vs the negative's", relative_error(direct.cond[1, :4], direct.uncond[1, :4]), 1e-6)
+    pack.nodes.characters.StoryMakerSaveCharacter().save(rabbit, "rabbit", clip_vision=vision)
+    loaded, crop, face = pack.nodes.characters.StoryMakerLoadCharacter().load("rabbit.safetensors")
+    assert loaded.identity == "appearance" and (face == 1).all() and crop.shape == (1, 224, 224, 3)
+    (reused,) = encode(adapter, loaded, False)
+    measured("tokens of a saved+loaded appearance character vs encoded directly", relative_error(reused.cond, direct.cond), 1e-3)
+    with pytest.raises(ValueError, match="nothing of it would be left"):
+        encode(adapter, loaded, True)

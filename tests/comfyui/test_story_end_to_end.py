@@ -31,7 +31,7 @@ def template() -> dict:
         "5": node("LoadImage", "character:1", image="reference.png"),
         "6": node("LoadImageMask", "mask:1", image="reference_mask.png", channel="red"),
         "7": node("StoryMakerCharacterFromImage", "Character", image=["5", 0], insightface=["3", 0], name="ava",
-                  face_index=0, mask=["6", 0]),
+                  face_index=0, identity="face", mask=["6", 0]),
         "8": node("StoryMakerEncodeCharacters", "Encode characters", storymaker=["2", 0], character_1=["7", 0],
                   face_only=False, clip_vision=["4", 0]),
         "9": node("StoryMakerApply", "Apply StoryMaker", model=["1", 0], storymaker=["2", 0], embeds=["8", 0],

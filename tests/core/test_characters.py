@@ -195,3 +195,141 @@ def test_nested_blends_keep_every_character(resampler):
         plain_ac = encode_characters(resampler, [blend_characters(a, c, 0.25)]).cond
         assert not torch.allclose(left, plain_ac, atol=1e-3)  # B is not dropped
     assert [m.name for m in blend_characters(c, blend_characters(a, b, 0.4), 0.25).members()] == ["c", "a", "b"]
+
+
+# ---- appearance-only characters (no face) ----
+
+def appearance(name, seed, clip_dim=24, tokens=9):
+    g = torch.Generator().manual_seed(seed)
+    return Character(name=name, id_embedding=torch.zeros(512), character_image=np.zeros((1, 224, 224, 3), np.uint8),
+                     character_clip=torch.randn(tokens, clip_dim, generator=g), identity="appearance")
+
+
+def test_appearance_character_keeps_the_crop_and_has_no_face(photo, person_mask):
+    character = character_from_reference(photo, person_mask, None, None, name="Bunny")
+    with_face = character_from_reference(photo, person_mask, KPS, np.ones(512))
+    assert character.identity == "appearance" and not character.has_face and with_face.identity == "face"
+    assert character.face_image is None and character.kps is None and not character.id_embedding.any()
+    assert np.array_equal(character.character_image, with_face.character_image)
+    mask = np.zeros(photo.shape[:2], np.float32)
+    mask[300:, 350:] = 1.0  # nowhere near a face: fine without one
+    assert character_from_reference(photo, mask, None, None).character_image.shape == (1, 224, 224, 3)
+    with pytest.raises(CharacterError, match="both the face keypoints and the identity embedding, or neither"):
+        character_from_reference(photo, person_mask, KPS, None)
+
+
+def test_a_character_is_one_mode(photo, person_mask):
+    drawn = [character_from_reference(photo, person_mask, None, None) for _ in range(2)]
+    combined = combine_references(drawn, "Bunny")
+    assert combined.identity == "appearance" and combined.character_image.shape == (2, 224, 224, 3)
+    assert combined.face_image is None
+    with pytest.raises(CharacterError, match="mix face and appearance-only"):
+        combine_references([drawn[0], character_from_reference(photo, person_mask, KPS, np.ones(512))], "x")
+    with pytest.raises(CharacterError, match="identity must be one of"):
+        Character(name="x", id_embedding=torch.zeros(512), identity="anime")
+
+
+def test_appearance_tokens_are_the_resampler_on_zero_face_inputs(resampler):
+    """Independent float64 reference (written from the equations): the face branch of an appearance
+    character sees a zero ArcFace embedding and zero face hidden states, as the release's negative."""
+    from tests.core.test_resampler import ref_tokens
+
+    face, bunny = encoded("ava", 40), appearance("bunny", 41)
+    bunny.id_embedding = torch.randn(512)  # whatever is stored, an appearance character's identity is zero
+    embeds = encode_characters(resampler, [face, bunny])
+    p = {k: v.double() for k, v in resampler.state_dict().items()}
+    ids = torch.stack([face.id_embedding, torch.zeros(16)]).double()
+    face_clip = torch.stack([face.face_clip, torch.zeros(9, 24)]).double()
+    reference = ref_tokens(p, resampler.config, ids, torch.stack([face.character_clip, bunny.character_clip]).double(),
+                           face_clip)
+    measured("appearance-only character tokens vs float64 reference on zero face inputs",
+             relative_error(embeds.cond, reference), 1e-5)
+    # its 4 face tokens are the negative's (same slot): no face guidance, its 16 character tokens differ
+    measured("appearance face tokens vs the negative's face tokens", relative_error(embeds.cond[2, :4], embeds.uncond[2, :4]), 1e-6)
+    assert relative_error(embeds.cond[2, 4:], embeds.uncond[2, 4:]) > 0.1
+
+
+def test_blend_of_a_face_and_an_appearance_character_lerps_their_own_tokens(resampler):
+    face, bunny = encoded("ava", 42), appearance("bunny", 43)
+    with torch.no_grad():
+        zero = torch.zeros(16), torch.zeros(9, 24)
+        raw = resampler.character_tokens(torch.stack([face.id_embedding, zero[0]]),
+                                         torch.stack([face.character_clip, bunny.character_clip]),
+                                         torch.stack([face.face_clip, zero[1]]))
+        expected = resampler.assemble(((1 - 0.3) * raw[0] + 0.3 * raw[1])[None])
+    blended = encode_characters(resampler, [blend_characters(face, bunny, 0.3)]).cond
+    measured("face~appearance blend vs lerp of each side's own tokens", relative_error(blended, expected), 1e-6)
+    encode_characters(resampler, [blend_characters(face, bunny, 0.3)], face_only=True)  # the face side remains
+
+
+def test_face_only_with_an_appearance_character_says_what_to_do(resampler):
+    with pytest.raises(CharacterError, match="'bunny' has no face.*nothing of it would be left.*face_only off"):
+        encode_characters(resampler, [encoded("ava", 44), appearance("bunny", 45)], face_only=[False, True])
+    with pytest.raises(CharacterError, match="nothing of it would be left"):
+        encode_characters(resampler, [blend_characters(appearance("a", 46), appearance("b", 47), 0.5)], face_only=True)
+    assert encode_characters(resampler, [encoded("ava", 44), appearance("bunny", 45)], face_only=[True, False]).cond.shape == (3, 20, 64)
+
+
+def test_saved_appearance_character_round_trips_its_mode(tmp_path, resampler):
+    bunny = appearance("bunny", 48)
+    save_character(str(tmp_path / "bunny.safetensors"), bunny)
+    loaded = load_character(str(tmp_path / "bunny.safetensors"))
+    assert loaded.identity == "appearance" and loaded.face_clip is None and loaded.is_encoded
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "bunny.safetensors"), "pt") as f:
+        assert f.metadata()["identity"] == "appearance" and "face_clip" not in f.keys()
+    measured("saved appearance character tokens (fp16 features) vs original",
+             relative_error(encode_characters(resampler, [loaded]).cond, encode_characters(resampler, [bunny]).cond), 1e-3)
+    save_character(str(tmp_path / "ava.safetensors"), encoded("ava", 49))
+    assert load_character(str(tmp_path / "ava.safetensors")).identity == "face"
+
+
+def test_files_saved_before_identity_load_as_face(tmp_path):
+    from safetensors.torch import save_file
+
+    from storymaker_core.characters import FORMAT
+
+    original = encoded("old", 50)
+    tensors = {"id_embedding": original.id_embedding, "character_clip": original.character_clip.half(),
+               "face_clip": original.face_clip.half()}
+    save_file(tensors, tmp_path / "old.safetensors", metadata={"format": FORMAT, "name": "old", "extra": "{}"})
+    loaded = load_character(str(tmp_path / "old.safetensors"))
+    assert loaded.identity == "face" and loaded.face_clip is not None and torch.equal(loaded.id_embedding, original.id_embedding)
+    save_file(tensors, tmp_path / "new.safetensors", metadata={"format": FORMAT, "name": "x", "identity": "voice"})
+    with pytest.raises(CharacterError, match="identity 'voice' is not one of"):
+        load_character(str(tmp_path / "new.safetensors"))
+    del tensors["face_clip"]  # a face character needs its face features
+    save_file(tensors, tmp_path / "broken.safetensors", metadata={"format": FORMAT, "name": "x"})
+    with pytest.raises(CharacterError, match="not a StoryMaker character file"):
+        load_character(str(tmp_path / "broken.safetensors"))
+
+
+class RecordingSegmenter:
+    def __init__(self):
+        self.boxes = []
+
+    def segment(self, image, box):
+        self.boxes.append(np.asarray(box))
+        return np.ones(image.shape[:2], bool)
+
+
+def test_reference_mask_without_mask(photo, caplog):
+    from PIL import Image
+
+    from storymaker_core.characters import reference_mask
+
+    with caplog.at_level("WARNING", logger="storymaker_core.characters"):
+        whole = reference_mask(photo, None, None, None, name="bunny", image_name="image #2")
+    assert whole.shape == (512, 512) and (whole == 1).all()
+    assert "bunny: no mask and no Segment Anything model: the whole image #2" in caplog.text
+    crop = character_from_reference(photo, whole, None, None).character_image[0]
+    assert np.array_equal(crop, np.asarray(Image.fromarray(photo).resize((224, 224), Image.BICUBIC)))
+    with pytest.raises(CharacterError, match="connect a MASK of the character.*identity to 'appearance'"):
+        reference_mask(photo, None, np.array([170, 80, 250, 190]), None)
+    sam = RecordingSegmenter()
+    reference_mask(photo[:300], None, None, sam)  # no face: SAM sees the whole image as its box
+    reference_mask(photo, None, np.array([170, 80, 250, 190]), sam)
+    assert np.array_equal(sam.boxes[0], [0, 0, 511, 299])
+    assert sam.boxes[1][1] < 80 and sam.boxes[1][3] == 511 and sam.boxes[1][2] - sam.boxes[1][0] < 511
+    given = np.zeros((512, 512), np.float32)
+    assert reference_mask(photo, given, None, None) is not None and not reference_mask(photo, given, None, None).any()

@@ -32,6 +32,7 @@ def small_bin(tmp_path):
     return path
 
 
+@pytest.mark.slow  # writes and reads a release-sized (1.7 GB) file
 def test_release_layout_file_loads_and_describes_itself(release_bin):
     weights = load_storymaker_weights(str(release_bin))
     info = weights.info
@@ -45,6 +46,7 @@ def test_release_layout_file_loads_and_describes_itself(release_bin):
     assert "140 attention layers" in info.summary()
 
 
+@pytest.mark.slow  # writes and reads a release-sized (1.7 GB) file
 def test_bin_and_converted_safetensors_hold_the_same_tensors(release_bin, tmp_path, capsys):
     target = tmp_path / "storymaker.safetensors"
     assert convert_main([str(release_bin), str(target)]) == 0  # fp16 like the release: 1.7 GB, not 3.4 GB on disk
@@ -94,6 +96,7 @@ def test_small_sdxl_shaped_model_is_accepted_when_the_file_matches_it(small_bin)
     assert "small.bin" in str(e.value) and "wrong shapes" in str(e.value) and "missing keys" in str(e.value)
 
 
+@pytest.mark.slow  # writes and reads a release-sized (1.7 GB) file
 def test_release_file_on_sd15_unet_says_sdxl_only(release_bin):
     sd15 = UNetAttentionConfig(block_out_channels=(320, 640, 1280, 1280), transformer_layers_per_block=(1, 1, 1, 0),
                                mid_transformer_depth=1, cross_attention_dim=768)
@@ -233,3 +236,51 @@ def test_failed_downloads_are_named_not_called_unsafe(tmp_path, name, content, s
     with pytest.raises(StoryMakerWeightsError, match=f"{says}.*download the file again") as error:
         load_storymaker_weights(str(path))
     assert "could run code" not in str(error.value) and f"{len(content)} bytes" in str(error.value)
+
+
+def write_safetensors(path, state, metadata):
+    save_file({f"{s}.{k}": v for s, d in state.items() for k, v in d.items()}, str(path), metadata=metadata)
+    return str(path)
+
+
+def test_head_width_comes_from_the_metadata_else_the_release_value(tmp_path):
+    state = random_storymaker_state()  # tiny resampler: head width 16
+    recorded = write_safetensors(tmp_path / "recorded.safetensors", state, {"dim_head": "16", "max_characters": "3"})
+    assert load_storymaker_weights(recorded).info.resampler == tiny_resampler_config()
+    bare = write_safetensors(tmp_path / "bare.safetensors", state, {"format": "pt"})
+    with pytest.raises(StoryMakerWeightsError, match=r"bare.safetensors: .*head width 64: the release's value"):
+        load_storymaker_weights(bare)  # widths of 32 do not split into 64-wide heads
+    assert load_storymaker_weights(bare, dim_head=16).info.resampler.dim_head == 16
+    wide = tiny_resampler_config(dim_head=64, face_heads=1, character_heads=1)
+    torch.save(random_storymaker_state(resampler_config=wide), tmp_path / "pickle.bin")
+    assert load_storymaker_weights(str(tmp_path / "pickle.bin")).info.resampler == wide  # no metadata: 64
+
+
+@pytest.mark.parametrize("metadata, message", [
+    ({"dim_head": "sixteen"}, r"metadata 'dim_head' is 'sixteen', not a positive whole number"),
+    ({"dim_head": "0"}, r"metadata 'dim_head' is '0', not a positive whole number"),
+    ({"dim_head": "7"}, r"not a multiple of the head width 7 \(head width 7: the file's metadata 'dim_head'\)"),
+    ({"dim_head": "16", "max_characters": "4"}, r"records 4 character slots but the resampler's 'pos_embed' holds 3"),
+    ({"dim_head": "16", "max_characters": "-1"}, r"metadata 'max_characters' is '-1'"),
+])
+def test_wrong_metadata_is_named(tmp_path, metadata, message):
+    path = write_safetensors(tmp_path / "edited.safetensors", random_storymaker_state(), metadata)
+    with pytest.raises(StoryMakerWeightsError, match=message) as e:
+        load_storymaker_weights(path)
+    assert str(e.value).startswith("edited.safetensors: ")
+
+
+def test_a_head_width_passed_against_the_metadata_is_refused(tmp_path):
+    path = write_safetensors(tmp_path / "recorded.safetensors", random_storymaker_state(), {"dim_head": "16"})
+    with pytest.raises(StoryMakerWeightsError, match="records head width 16, but 64 was asked for"):
+        load_storymaker_weights(path, dim_head=64)
+
+
+def test_conversion_keeps_the_recorded_head_width(tmp_path):
+    source = write_safetensors(tmp_path / "trained.safetensors", random_storymaker_state(), {"dim_head": "16"})
+    target = tmp_path / "converted.safetensors"
+    assert convert_main([source, str(target)]) == 0  # no --dim-head: the source says 16
+    from safetensors import safe_open
+    with safe_open(str(target), "pt") as f:
+        assert f.metadata()["dim_head"] == "16" and f.metadata()["max_characters"] == "3"
+    assert load_storymaker_weights(str(target)).info.resampler == tiny_resampler_config()

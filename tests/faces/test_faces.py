@@ -252,3 +252,55 @@ def test_a_clear_large_face_gives_no_warning(analyzer, caplog):
     with caplog.at_level(logging.WARNING, logger="storymaker_core.faces"):
         analyzer.select_face(img, "near.png", index=0)  # 180 px, score 0.9
     assert "near.png: the face" not in caplog.text
+
+
+# ---- auto identity: face when found with confidence, else appearance only ----
+
+def test_auto_identity_picks_face_or_appearance(analyzer, caplog):
+    from storymaker_core.identity import decide_identity
+
+    with_face, without = _scene(face_pattern(1), face_pattern(2)), blank_image(value=5)  # too dark: no face found
+    chosen = decide_identity(analyzer.select_face, [with_face], ["photo"], "auto")
+    assert chosen.identity == "face" and chosen.faces[0].det_score == pytest.approx(0.9, abs=1e-3)
+    assert np.allclose(chosen.faces[0].embedding, analyzer.select_face(with_face, "x").embedding)
+    assert chosen.lines == ["photo: face (auto: face found, confidence 0.90)"]
+    with caplog.at_level(logging.INFO, logger="storymaker_core.identity"):
+        drawn = decide_identity(analyzer.select_face, [without], ["rabbit"], "auto", name="Big Brown Rabbit")
+    assert drawn.identity == "appearance" and drawn.faces == [None]
+    assert drawn.lines == ["rabbit: appearance (auto: no face found)"]
+    assert "Big Brown Rabbit: no confident face in rabbit: using appearance only" in caplog.text
+    with pytest.raises(F.NoFaceFoundError, match="no face found in rabbit"):  # `face` keeps today's error
+        decide_identity(analyzer.select_face, [without], ["rabbit"], "face")
+
+
+def test_auto_identity_is_one_mode_per_character(analyzer, caplog):
+    from storymaker_core.identity import decide_identity
+
+    refs = [_scene(face_pattern(1), face_pattern(2)), blank_image(value=5)]
+    with caplog.at_level(logging.WARNING, logger="storymaker_core.identity"):
+        mixed = decide_identity(analyzer.select_face, refs, ["image #1", "image #2"], "auto", name="ava")
+    assert mixed.identity == "appearance" and mixed.faces == [None, None]
+    assert mixed.lines == ["image #1: appearance (auto: face found, confidence 0.90, but image #2 has none; a "
+                           "character is one mode)", "image #2: appearance (auto: no face found)"]
+    assert "ava: no confident face in image #2" in caplog.text  # a face was set aside: a warning
+    chosen = decide_identity(lambda *a, **k: pytest.fail("appearance runs no detection"), refs, ["a", "b"],
+                             "appearance")
+    assert chosen.identity == "appearance" and chosen.lines == ["a: appearance (chosen: no face is used)",
+                                                                "b: appearance (chosen: no face is used)"]
+    with pytest.raises(ValueError, match="identity must be one of"):
+        decide_identity(analyzer.select_face, refs, ["a", "b"], "anime")
+
+
+def test_auto_identity_sets_an_unsure_face_aside(tmp_path):
+    _need_models()
+    from storymaker_core.identity import MIN_FACE_SCORE, decide_identity
+
+    unsure = face_at(320, 320, 200, score=0.55)  # kept by the detector (det_thresh 0.5), below the 0.6 bar
+    weak = F.FaceAnalyzer(root=write_tiny_insightface(tmp_path, faces=[unsure]), providers="CPU")
+    img = blank_image()
+    paint_face(img, unsure, face_pattern(4))
+    assert weak.select_face(img).det_score < MIN_FACE_SCORE == F.WEAK_DET_SCORE
+    chosen = decide_identity(weak.select_face, [img], ["sketch"], "auto")
+    assert chosen.identity == "appearance" and chosen.lines == ["sketch: appearance (auto: face confidence 0.55 is "
+                                                                "below 0.60)"]
+    assert decide_identity(weak.select_face, [img], ["sketch"], "face").identity == "face"  # asked for: used

@@ -71,8 +71,8 @@ def test_character_without_mask_or_sam_says_what_to_connect(classes, progress):
         node.build(torch.rand(1, 96, 96, 3), OneFace(), "ava", 0)
     with pytest.raises(ValueError, match="LoadImage's empty 64x64 placeholder.*LoadImageMask"):
         node.build(torch.rand(1, 96, 96, 3), OneFace(), "ava", 0, mask=torch.zeros(1, 64, 64))
-    character, crops, _, masks = node.build(torch.rand(1, 96, 96, 3), OneFace(), "ava", 0,
-                                            clothing=torch.rand(1, 80, 60, 3))  # clothing swap: no mask needed
+    character, crops, _, masks, used = node.build(torch.rand(1, 96, 96, 3), OneFace(), "ava", 0,
+                                                  clothing=torch.rand(1, 80, 60, 3))  # clothing swap: no mask needed
     assert crops.shape == (1, 224, 224, 3) and masks.shape == (1, 96, 96) and not masks.any()
 
 
@@ -88,10 +88,60 @@ def test_character_from_a_batch_of_references_with_progress(classes, progress):
     image = torch.from_numpy(data.astronaut()).float()[None].repeat(2, 1, 1, 1) / 255
     mask = torch.zeros(1, 512, 512)
     mask[:, 40:, 100:330] = 1
-    character, crops, faces, masks = classes["StoryMakerCharacterFromImage"]().build(image, Astronaut(), "ava", 0, mask=mask)
+    character, crops, faces, masks, used = classes["StoryMakerCharacterFromImage"]().build(image, Astronaut(), "ava", 0,
+                                                                                           mask=mask)
     assert crops.shape == faces.shape == (2, 224, 224, 3) and masks.shape == (2, 512, 512)
     assert character.name == "ava" and character.character_image.shape == (2, 224, 224, 3)
-    assert progress == [("total", 2), ("update", 1), ("update", 1)]
+    assert character.identity == "face" and used.splitlines() == ["image #1: face (auto: face found, confidence 0.90)",
+                                                                  "image #2: face (auto: face found, confidence 0.90)"]
+    assert progress == [("total", 3), ("update", 1), ("update", 1), ("update", 1)]  # detection, then each reference
+
+
+class NoFace:
+    """An INSIGHTFACE stand-in that finds no face (a cartoon rabbit), raising the pack's own error class."""
+
+    def select_face(self, image, image_name, index):
+        import importlib
+
+        pack = our_node_classes()["StoryMakerCharacterFromImage"].__module__.rsplit(".nodes.", 1)[0]
+        raise importlib.import_module(f"{pack}.storymaker_core.faces").NoFaceFoundError(f"no face found in {image_name}")
+
+
+def test_character_without_a_face_mask_or_sam_uses_the_whole_image(classes, progress):
+    from PIL import Image
+
+    rabbit = torch.rand(1, 120, 90, 3)
+    character, crops, faces, masks, used = classes["StoryMakerCharacterFromImage"]().build(rabbit, NoFace(), "Big Brown "
+                                                                                           "Rabbit", 0)
+    assert character.identity == "appearance" and used == "image: appearance (auto: no face found)"
+    rgb = (rabbit[0] * 255).round().to(torch.uint8).numpy()
+    whole = np.asarray(Image.fromarray(rgb).resize((224, 224), Image.BICUBIC))
+    assert np.array_equal((crops[0] * 255).round().to(torch.uint8).numpy(), whole)
+    assert masks.shape == (1, 120, 90) and (masks == 1).all()
+    assert faces.shape == (1, 224, 224, 3) and (faces == 1).all()  # no face: a white preview
+    with pytest.raises(Exception, match="no face found in image"):
+        classes["StoryMakerCharacterFromImage"]().build(rabbit, NoFace(), "rabbit", 0, "face")
+
+
+def test_appearance_is_used_as_asked_and_segmented_from_the_whole_image(classes, progress):
+    class Untouched:
+        def select_face(self, *args, **kwargs):
+            raise AssertionError("appearance runs no face detection")
+
+    class Segmenter:
+        def segment(self, image, box):
+            self.box = list(box)
+            mask = np.zeros(image.shape[:2], bool)
+            mask[10:50, 20:60] = True
+            return mask
+
+    sam = Segmenter()
+    character, crops, faces, masks, used = classes["StoryMakerCharacterFromImage"]().build(
+        torch.rand(2, 64, 96, 3), Untouched(), "mascot", 0, "appearance", sam=sam)
+    assert character.identity == "appearance" and character.character_image.shape == (2, 224, 224, 3)
+    assert sam.box == [0, 0, 95, 63] and masks[:, 10:50, 20:60].all() and masks.sum() == 2 * 40 * 40
+    assert used.splitlines() == ["image #1: appearance (chosen: no face is used)",
+                                 "image #2: appearance (chosen: no face is used)"]
 
 
 def test_pack_imports_with_every_optional_package_missing(monkeypatch):

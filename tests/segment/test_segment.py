@@ -36,6 +36,7 @@ def test_type_from_file_name():
     assert model_type_from_name("mobile_sam.pt") is None
 
 
+@pytest.mark.slow  # SAM ViT-B at 1024 px on CPU: ~15 s
 def test_segments_a_box_with_the_real_predictor(vit_b_checkpoint, tmp_path):
     assert detect_model_type(str(vit_b_checkpoint)) == "vit_b"  # read from the encoder width
     named = tmp_path / "sam_vit_b_01ec64.pth"
@@ -75,6 +76,7 @@ def test_errors_say_what_to_do(tmp_path, vit_b_checkpoint, monkeypatch):
         PersonSegmenter(str(vit_b_checkpoint))
 
 
+@pytest.mark.slow  # converts and loads a 360 MB checkpoint: ~30 s
 def test_safetensors_checkpoints_load_without_unpickling(vit_b_checkpoint, tmp_path):
     from safetensors.torch import save_file
 

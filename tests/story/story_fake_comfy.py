@@ -93,6 +93,8 @@ class Faults:
     corrupt_views: int = 0  # damage the next N /view answers
     external_load: int = 0  # foreign prompts that sit in queue_pending forever
     own_prompt_ids: bool = False  # ignore the client's prompt_id, as ComfyUI did before July 2025
+    inspect_route: bool = True  # serve the pack's /storymaker/inspect (False: a ComfyUI without the pack)
+    models_root: str | None = None  # judge model files there (ComfyUI's models/ layout); None: all are fine
     steps: int = 3
     step_delay: float = 0.002
 
@@ -122,6 +124,7 @@ class FakeComfy:
         self.requests: Counter = Counter()  # "METHOD /path" -> count
         self.accepted: list[tuple[str, dict]] = []  # (prompt_id, prompt) in queue order
         self.rejected = 0
+        self.inspected: list[dict] = []  # every {folder, name, kind} asked about on /storymaker/inspect
         self.inputs: dict[str, bytes] = {}
         self.outputs: dict[tuple[str, str], bytes] = {}
         self.history: dict[str, dict] = {}
@@ -155,6 +158,8 @@ class FakeComfy:
         app.router.add_post("/queue", self.h_queue_post)
         app.router.add_post("/interrupt", self.h_interrupt)
         app.router.add_get("/ws", self.h_ws)
+        if self.faults.inspect_route:
+            app.router.add_post("/storymaker/inspect", self.h_inspect)
         app.on_shutdown.append(self._close_websockets)
         self._runner = web.AppRunner(app, shutdown_timeout=0.2)
         await self._runner.setup()
@@ -257,6 +262,26 @@ class FakeComfy:
                 name = f"{stem} ({i}).{ext}"
         self.inputs[name] = data
         return web.json_response({"name": name, "subfolder": post.get("subfolder", ""), "type": "input"})
+
+    async def h_inspect(self, request):
+        """The pack's route, judging files under ``models_root`` with the same core code as the real one."""
+        files = (await request.json())["files"]
+        self.inspected.extend(files)
+        results = []
+        for item in files:
+            if self.faults.models_root is None:
+                verdict = {"ok": True, "found": "fake", "problem": "", "fix": ""}
+                path = None
+            else:
+                from pathlib import Path
+
+                from storymaker_core.model_files import inspect
+
+                root = Path(self.faults.models_root) / item["folder"]
+                path = root / "models" / item["name"] if item["kind"] == "insightface_pack" else root / item["name"]
+                verdict = inspect(path, item["kind"]).to_json()
+            results.append({**item, **verdict, "path": str(path) if path else None})
+        return web.json_response({"version": 1, "results": results})
 
     async def h_queue(self, request):
         foreign = [[0, f"foreign-{i}", {}, {}, []] for i in range(self.faults.external_load)]

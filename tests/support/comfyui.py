@@ -1,9 +1,16 @@
-"""Running the pack inside a real ComfyUI (a source tree in COMFYUI_PATH), in library mode."""
+"""Running the pack inside a real ComfyUI (a source tree in COMFYUI_PATH): in library mode, in this
+Python, or as a `main.py` server, started with COMFYUI_PYTHON when set (else this Python).
+
+Both need ComfyUI's requirements in the Python that runs ComfyUI; where one is missing the test is
+skipped with the module's name, not failed.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -17,29 +24,58 @@ REPO = Path(__file__).resolve().parents[2]
 PACK_MODULE = "ComfyUI_StoryMaker_under_test"
 
 
+# The ComfyUI modules the tests use in library mode: imported up front, so a missing requirement is found here.
+LIBRARY_MODULES = ("comfy.model_management", "comfy.utils", "comfy.model_patcher", "comfy.supported_models",
+                   "comfy.samplers", "comfy.clip_vision")
+COMFYUI_PYTHON_HINT = "ComfyUI's Python (the one its requirements.txt was installed into)"
+
+
 def comfyui_path_or_skip() -> Path:
     """The ComfyUI source tree the ComfyUI tests run against (COMFYUI_PATH); the test is skipped without it."""
-    import os
-
     import pytest
 
     path = os.environ.get("COMFYUI_PATH")
     if not path:
         pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
+    if not (Path(path) / "main.py").is_file():
+        pytest.fail(f"COMFYUI_PATH={path} is not a ComfyUI source tree (no main.py there)", pytrace=False)
     return Path(path)
+
+
+def skip_or_raise(message: str, error: type = RuntimeError):
+    """Skip the running test (under pytest), or raise `error` (a benchmark script run on its own)."""
+    if "pytest" in sys.modules:
+        import pytest
+
+        pytest.skip(message)
+    raise error(message)
 
 
 def import_comfyui(path: Path, cpu: bool = True):
     """Import ComfyUI from its source tree, on the CPU unless told otherwise (a CUDA build of torch on a
-    GPU-less machine needs the flag, and it must be set before model_management is imported)."""
+    GPU-less machine needs the flag, and it must be set before model_management is imported).
+
+    A requirement of ComfyUI missing from this Python skips the test, naming the module.
+    """
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
-    import comfy.cli_args
+    try:
+        import comfy.cli_args
 
-    comfy.cli_args.args.cpu = cpu
-    import comfy.model_management  # noqa: F401
+        comfy.cli_args.args.cpu = cpu
+        for module in LIBRARY_MODULES:
+            importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] in ("comfy", "comfy_extras"):
+            raise  # the tree itself is incomplete: not a missing requirement
+        skip_or_raise(f"ComfyUI at {path} cannot be imported by {sys.executable}: no module named '{e.name}'; "
+                      f"run pytest under {COMFYUI_PYTHON_HINT}", ModuleNotFoundError)
+    return sys.modules["comfy"]
 
-    return comfy
+
+def comfyui_python() -> str:
+    """The Python that runs test servers: COMFYUI_PYTHON, else the one running the tests."""
+    return os.environ.get("COMFYUI_PYTHON") or sys.executable
 
 
 def load_pack():
@@ -97,19 +133,27 @@ class ComfyUIServerError(RuntimeError):
     """ComfyUI did not come up; the message holds the end of its log."""
 
 
+def server_command(python: str, port: int, base: Path) -> list:
+    """`main.py --cpu` with every folder it writes under `base`: models, input, output, user, and the
+    database (ComfyUI keeps it in its own tree by default)."""
+    return [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+            "--base-directory", str(base), "--database-url", f"sqlite:///{base / 'comfyui.db'}"]
+
+
 @contextlib.contextmanager
 def comfyui_server(comfyui: Path, base: Path, timeout: float = 120.0):
     """`main.py --cpu` on a free port with `--base-directory base`; yields its URL, stops it afterwards.
 
-    The server's output goes to `base/server.log`.
+    The server's output goes to `base/server.log`. It runs under `comfyui_python()`; a ComfyUI requirement
+    missing there skips the test, naming the module.
     """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
+    python = comfyui_python()
     with open(base / "server.log", "w") as log:
-        process = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                    "--disable-auto-launch", "--base-directory", str(base)], cwd=comfyui, stdout=log,
+        process = subprocess.Popen(server_command(python, port, base), cwd=comfyui, stdout=log,
                                    stderr=subprocess.STDOUT)
         try:
             deadline = time.time() + timeout
@@ -119,7 +163,13 @@ def comfyui_server(comfyui: Path, base: Path, timeout: float = 120.0):
                     break
                 except OSError:
                     if process.poll() is not None or time.time() > deadline:
-                        raise ComfyUIServerError(f"ComfyUI did not start:\n{(base / 'server.log').read_text()[-3000:]}")
+                        text = (base / "server.log").read_text()
+                        missing = re.search(r"ModuleNotFoundError: No module named '([^']+)'", text)
+                        if process.poll() is not None and missing:
+                            skip_or_raise(f"ComfyUI at {comfyui} does not start under {python}: no module named "
+                                          f"'{missing[1]}'; set COMFYUI_PYTHON to {COMFYUI_PYTHON_HINT}",
+                                          ComfyUIServerError)
+                        raise ComfyUIServerError(f"ComfyUI did not start:\n{text[-3000:]}")
                     time.sleep(0.5)
             yield url
         finally:

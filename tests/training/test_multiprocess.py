@@ -39,5 +39,6 @@ def test_two_processes_train_one_consistent_checkpoint(tmp_path):
     files = sorted(p.name for p in checkpoints[0].iterdir())
     assert files.count("model.safetensors") == 1 and {"random_states_0.pkl", "random_states_1.pkl"} <= set(files)
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3  # logged once, by the main process
-    weights = load_storymaker_weights(str(run / "storymaker.safetensors"), dim_head=16)
+    weights = load_storymaker_weights(str(run / "storymaker.safetensors"))  # head width from its metadata
+    assert weights.info.resampler.dim_head == 16
     assert weights.info.num_processors == 34 and weights.info.lora_rank == 8

@@ -1,0 +1,17 @@
+"""Which packages `pip install .` installs (everything else lives in pyproject.toml).
+
+`storymaker_core` with all its subpackages, and the `training/` folder as `storymaker_training`: ComfyUI
+has a top-level module `nodes`, and `training` is too generic a name to put in site-packages. The console
+scripts need nothing else; the ComfyUI nodes are loaded by ComfyUI from custom_nodes/, not from here.
+"""
+
+from setuptools import find_packages, setup
+
+TRAINING = "storymaker_training"
+
+setup(
+    packages=find_packages(include=["storymaker_core", "storymaker_core.*"])
+    + [TRAINING] + [f"{TRAINING}.{name}" for name in find_packages("training")],
+    package_dir={TRAINING: "training"},
+    py_modules=[],
+)

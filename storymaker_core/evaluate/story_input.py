@@ -1,0 +1,179 @@
+"""What a story consistency score needs, whatever made the story: the cast and the shots.
+
+Why a neutral structure: the scoring must not know whether a story came from the story runner's
+``manifest.json`` or from a ViStoryBench output folder, so both are read into :class:`Story` by small
+adapters (this module holds the runner's; ``story_vistorybench.py`` the benchmark's) and everything
+after that is the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+IDENTITY_MODES = ("auto", "face", "appearance")
+RUNNER_FORMAT = "storymaker-story-manifest"  # storymaker_core.story.manifest.FORMAT (not imported: keeps this light)
+_DONE, _REMOVED = "done", "removed"
+
+
+class StoryInputError(ValueError):
+    """A story folder or manifest that cannot be scored; the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class CastMember:
+    """One character. ``identity``: ``auto``/``face`` (ArcFace when the reference has a face) or
+    ``appearance`` (CLIP-I of the character crop). ``masks``: one per reference (None = whole image)."""
+
+    name: str
+    references: tuple[Path, ...]
+    identity: str = "auto"
+    masks: tuple[Path | None, ...] = ()
+
+    def mask_of(self, index: int) -> Path | None:
+        return self.masks[index] if index < len(self.masks) else None
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One shot (scene) of a story. ``file`` None, or ``problem`` set: no image to score (reported)."""
+
+    id: str
+    file: Path | None
+    characters: tuple[str, ...]
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class Story:
+    """A story to score: its cast and its shots in story order; ``method`` labels the generator."""
+
+    name: str
+    method: str
+    source: Path
+    cast: Mapping[str, CastMember]
+    shots: tuple[Shot, ...]
+    notes: tuple[str, ...] = field(default=())
+
+
+def checked_identity(value: Any, where: str) -> str:
+    """``auto`` when absent; otherwise one of :data:`IDENTITY_MODES` (an error names ``where``)."""
+    if value is None:
+        return "auto"
+    if not isinstance(value, str) or value.strip().lower() not in IDENTITY_MODES:
+        raise StoryInputError(f"{where}: identity must be one of {list(IDENTITY_MODES)}, got {value!r}")
+    return value.strip().lower()
+
+
+def validate_story(story: Story) -> Story:
+    """Every on-stage name is in the cast and every cast member has a reference file on disk."""
+    problems = []
+    for shot in story.shots:
+        unknown = [c for c in shot.characters if c not in story.cast]
+        if unknown:
+            problems.append(f"shot {shot.id!r} names {unknown}, not in the cast {sorted(story.cast)}")
+    for member in story.cast.values():
+        if not member.references:
+            problems.append(f"character {member.name!r} has no reference image")
+        for i, ref in enumerate(member.references):
+            if not ref.is_file():
+                problems.append(f"reference image of {member.name!r} not found: {ref}")
+            mask = member.mask_of(i)
+            if mask is not None and not mask.is_file():
+                problems.append(f"mask of {member.name!r} not found: {mask}")
+    if problems:
+        raise StoryInputError(f"{story.source}: story {story.name!r} cannot be scored:\n  " + "\n  ".join(problems))
+    return story
+
+
+# --------------------------------------------------------------------------- story runner manifest
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _cast_member(name: str, entry: Any, base: Path, where: str, identity: str | None) -> CastMember:
+    if isinstance(entry, str):
+        entry = {"image": entry}
+    if not isinstance(entry, Mapping):
+        raise StoryInputError(f"{where}: cast[{name!r}] must be an object with 'image', got {entry!r}")
+    images = entry.get("images", entry.get("image"))
+    images = [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not images or not all(isinstance(i, str) for i in images):
+        raise StoryInputError(f"{where}: cast[{name!r}] needs an 'image' path, got {entry.get('image')!r}")
+    masks = entry.get("masks", entry.get("mask"))
+    masks = [masks] if isinstance(masks, str) or masks is None else masks
+    mode = identity or checked_identity(entry.get("identity"), f"{where}: cast[{name!r}]")
+    return CastMember(name=name, references=tuple(_resolve(base, i) for i in images), identity=mode,
+                      masks=tuple(_resolve(base, m) if isinstance(m, str) else None for m in masks))
+
+
+def _runner_shot(scene_id: str, rec: Any, base: Path, where: str) -> Shot:
+    if not isinstance(rec, Mapping):
+        raise StoryInputError(f"{where}: scenes[{scene_id!r}] must be an object, got {rec!r}")
+    chars = rec.get("characters") or []
+    if not isinstance(chars, list) or not all(isinstance(c, str) for c in chars):
+        raise StoryInputError(f"{where}: scenes[{scene_id!r}].characters must be a list of names, got {chars!r}")
+    status, file = rec.get("status"), rec.get("file")
+    problem = None
+    if status != _DONE or not isinstance(file, str):
+        problem = f"status {status!r}" + (f": {rec['error']}" if rec.get("error") else "") + " (no image)"
+    path = _resolve(base, file) if isinstance(file, str) else None
+    if problem is None and not path.is_file():
+        problem = f"image not found: {path}"
+    return Shot(id=str(scene_id), file=path, characters=tuple(chars), problem=problem)
+
+
+def story_from_runner_manifest(path: str | Path, *, method: str = "StoryMaker",
+                               identities: Mapping[str, str] | None = None) -> Story:
+    """Read ``story/<name>/manifest.json`` (or its folder) as written by ``python -m storymaker_core.story``.
+
+    Scenes are taken in story order (``index``); ``removed`` scenes are not part of the story; scenes not
+    ``done`` (pending, failed) or whose file is gone become shots with a ``problem``, reported by the
+    scoring. ``identities``: ``{name: auto|face|appearance}`` overriding the cast's ``identity`` (names
+    not in this cast are ignored; :func:`load_runner_stories` checks them against all stories).
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.is_file():
+        raise StoryInputError(f"story manifest not found: {path} (give story/<name>/ as written by "
+                              f"`python -m storymaker_core.story`, or its manifest.json)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StoryInputError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, Mapping) or data.get("format") != RUNNER_FORMAT:
+        raise StoryInputError(f"{path}: not a story runner manifest (format {RUNNER_FORMAT!r}); an evaluation "
+                              f"manifest (storymaker-eval/1) is scored with `evaluate score`")
+    where, base = str(path), path.parent
+    cast_raw = data.get("cast")
+    if not isinstance(cast_raw, Mapping) or not cast_raw:
+        raise StoryInputError(f"{where}: has no 'cast' (name -> reference image); run the story runner "
+                              f"again to record it")
+    overrides = {k: checked_identity(v, f"--identity {k}") for k, v in (identities or {}).items()}
+    cast = {str(n): _cast_member(str(n), e, base, where, overrides.get(str(n))) for n, e in cast_raw.items()}
+    scenes = data.get("scenes")
+    if not isinstance(scenes, Mapping) or not scenes:
+        raise StoryInputError(f"{where}: has no scenes")
+    live = [(k, v) for k, v in scenes.items() if not (isinstance(v, Mapping) and v.get("status") == _REMOVED)]
+    live.sort(key=lambda kv: (kv[1].get("index", 0) if isinstance(kv[1], Mapping) else 0))
+    shots = tuple(_runner_shot(str(k), v, base, where) for k, v in live)
+    name = str((data.get("story") or {}).get("name") or base.name)
+    return validate_story(Story(name=name, method=method, source=path, cast=cast, shots=shots))
+
+
+def load_runner_stories(paths: Sequence[str | Path], **kwargs: Any) -> list[Story]:
+    """Several runner manifests; story names must be unique (they are the clusters of the intervals)."""
+    stories = [story_from_runner_manifest(p, **kwargs) for p in paths]
+    unknown = sorted(set(kwargs.get("identities") or {}) - {n for s in stories for n in s.cast})
+    if unknown:
+        raise StoryInputError(f"--identity names {unknown}, in no story's cast: "
+                              f"{sorted({n for s in stories for n in s.cast})}")
+    names = [s.name for s in stories]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise StoryInputError(f"story name(s) {twice} given more than once: {[str(s.source) for s in stories]}")
+    return stories

@@ -1,0 +1,338 @@
+"""Say whether a model file can be used, from its header alone: before a story is queued, in milliseconds.
+
+A failed or partial download looks like a model file to a folder listing (and to ComfyUI's ``/object_info``):
+a zero-byte placeholder, a Git LFS pointer, a saved login page, a truncated ``.safetensors``, an SD1.5
+checkpoint where SDXL is needed. ComfyUI only finds out when a scene runs, after minutes of loading. Here
+each file is judged from what is cheap to read: the first bytes, a ``.safetensors`` JSON header (names,
+shapes and offsets, checked against the file size), a torch zip's ``data.pkl`` (read with
+``torch.load(mmap=True, weights_only=True)``: tensor names and shapes, no tensor data and no code), and an
+ONNX file's top-level protobuf fields. StoryMaker files are checked key by key and shape by shape by
+``weights.py`` on shape-only tensors.
+
+``inspect_file(path, kind)`` / ``inspect_insightface_pack(root, name)`` return a ``Verdict``; nothing raises.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+#: What a loader input expects. ``*_checkpoint``/``clip_vision_vit_h`` also check the architecture.
+KINDS = ("checkpoint", "sdxl_checkpoint", "clip_vision", "clip_vision_vit_h", "storymaker", "sam", "controlnet",
+         "lora", "vae", "model", "insightface_pack")
+#: The .onnx files of a pack that insightface needs for what StoryMaker uses (detection + ArcFace).
+#: Every other .onnx in the folder is loaded too, so each must be intact.
+PACK_REQUIRED = {"buffalo_l": ("det_10g.onnx", "w600k_r50.onnx"),
+                 "antelopev2": ("scrfd_10g_bnkps.onnx", "glintr100.onnx")}
+SAFETENSORS = (".safetensors", ".sft")  # what ComfyUI's load_torch_file reads as safetensors
+TABLE = "the README's \"Models: which file goes where\""
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors refuses larger headers too
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+           "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+           "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``ok`` with what was ``found``, or a ``problem`` and its ``fix`` (plain words for the user)."""
+
+    ok: bool
+    found: str = ""
+    problem: str = ""
+    fix: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class _Bad(Exception):
+    def __init__(self, problem: str, fix: str = f"download it again ({TABLE} says from where)"):
+        super().__init__(problem)
+        self.problem, self.fix = problem, fix
+
+
+def _size(n: int) -> str:
+    return f"{n} bytes" if n < 10_000 else f"{n / 1e6:.1f} MB"
+
+
+def failed_download(head: bytes, size: int) -> _Bad | None:
+    """The usual failed downloads, told from the first bytes: empty, a Git LFS pointer, a web page."""
+    if size == 0:
+        return _Bad("is empty (0 bytes): a placeholder or a download that never started")
+    if head.startswith(b"version https://git-lfs"):
+        return _Bad(f"is a Git LFS pointer ({_size(size)}), not the file itself",
+                    "download the real file (Hugging Face's download button, or `git lfs pull` in a clone)")
+    low = head.lstrip()[:512].lower()
+    if low.startswith(b"<") and (b"<html" in low or b"<!doctype" in low):
+        return _Bad(f"is a web page ({_size(size)}; a login or error page saved in place of the file)",
+                    "download it again in a browser where you are logged in (or with a token), and accept "
+                    "the model's licence on its page first if it has one")
+    return None
+
+
+def read_safetensors_header(path: str | Path, size: int) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``name -> (dtype, shape)`` from a ``.safetensors`` header, after checking the data fits the file."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise _Bad(f"is {size} bytes: too short for a .safetensors file (truncated)")
+        (length,) = struct.unpack("<Q", raw)
+        if length > min(size - 8, _MAX_HEADER):
+            raise _Bad(f"is not a readable .safetensors file: its header claims {length} bytes but the file is "
+                       f"{_size(size)} (truncated, or not a .safetensors file)")
+        try:
+            header = json.loads(f.read(length))
+            entries = {k: v for k, v in header.items() if k != "__metadata__"}
+            ends = [int(v["data_offsets"][1]) for v in entries.values()]
+            shapes = {k: (str(v["dtype"]), tuple(int(d) for d in v["shape"])) for k, v in entries.items()}
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            raise _Bad(f"is not a readable .safetensors file (its header is damaged: {exc})") from None
+    expected = 8 + length + max(ends, default=0)
+    if expected > size:
+        raise _Bad(f"is truncated: {_size(size)} on disk, its header describes {_size(expected)}")
+    if expected < size:
+        raise _Bad(f"has {size - expected} bytes after its last tensor, which ComfyUI refuses (a damaged or "
+                   f"concatenated download)")
+    return shapes
+
+
+def read_torch_keys(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]] | None:
+    """``name -> (dtype, shape)`` of a torch zip checkpoint (nested dicts joined with dots), reading only its
+    ``data.pkl`` with the tensors-only unpickler; None for an old-format (non-zip) pickle, which cannot be
+    read without loading all of it."""
+    import pickle
+
+    import torch
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        raise _Bad(f"holds Python objects besides tensors, which ComfyUI does not unpickle (it could run code): "
+                   f"{str(exc).splitlines()[0][:200]}", "use a .safetensors version of the model") from None
+    except RuntimeError as exc:
+        if "mmap" in str(exc) and "zip" in str(exc).lower():
+            return None
+        raise _Bad(f"cannot be read as a torch file ({str(exc).splitlines()[0][:200]}): truncated or damaged") \
+            from None
+    except (EOFError, OSError, ValueError) as exc:
+        raise _Bad(f"cannot be read as a torch file ({exc}): truncated or damaged") from None
+    flat: dict[str, tuple[str, tuple[int, ...]]] = {}
+
+    def walk(value, prefix: str) -> None:
+        if isinstance(value, torch.Tensor):
+            flat[prefix] = (str(value.dtype).replace("torch.", ""), tuple(value.shape))
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(item, f"{prefix}.{key}" if prefix else str(key))
+
+    walk(data, "")
+    return flat
+
+
+def read_keys(path: Path, size: int) -> dict[str, tuple[str, tuple[int, ...]]] | None:
+    """Tensor names and shapes of any model file ComfyUI loads, or None when only loading would tell."""
+    with open(path, "rb") as f:
+        head = f.read(1024)
+    bad = failed_download(head, size)
+    if bad:
+        raise bad
+    if path.name.lower().endswith(SAFETENSORS):
+        return read_safetensors_header(path, size)
+    if head.startswith(b"PK\x03\x04"):
+        return read_torch_keys(path)
+    if head.startswith(b"\x80"):
+        return None  # an old-format pickle: ComfyUI reads it; judging it means loading it
+    raise _Bad(f"is neither a .safetensors file nor a torch checkpoint ({_size(size)})")
+
+
+# -- what the keys say ------------------------------------------------------------------------------
+
+_CONTEXT = {768: "SD1.5", 1024: "SD2.x", 1280: "the SDXL refiner", 2048: "SDXL"}
+
+
+def _checkpoint(keys: Mapping[str, tuple], sdxl: bool) -> str:
+    keys = {k[len("state_dict."):] if k.startswith("state_dict.") else k: v for k, v in keys.items()}
+    unet = {k: v for k, v in keys.items() if k.startswith("model.diffusion_model.")}
+    if not unet:
+        raise _Bad("is not a full Stable Diffusion checkpoint (no 'model.diffusion_model.' UNet weights; a LoRA, "
+                   "a UNet-only or a diffusers file?)", f"put a full SDXL checkpoint in models/checkpoints ({TABLE})")
+    dims = sorted({shape[1] for k, (_, shape) in unet.items() if k.endswith("attn2.to_k.weight") and len(shape) == 2})
+    name = _CONTEXT.get(dims[0], f"context {dims[0]}") if len(dims) == 1 else "not a UNet with cross-attention"
+    if not sdxl:
+        return f"a {name} checkpoint"
+    if dims == [2048] and any(k.startswith("model.diffusion_model.label_emb.") for k in unet):
+        return "an SDXL checkpoint"
+    raise _Bad(f"is {'an' if name[0] in 'S' else 'a'} {name} checkpoint, but StoryMaker needs SDXL (cross-attention "
+               f"context 2048; this one has {dims or 'none'})",
+               f"use an SDXL checkpoint such as sd_xl_base_1.0.safetensors ({TABLE})")
+
+
+_VIT = {1024: "ViT-L/14", 1280: "ViT-H/14", 1664: "ViT-bigG/14", 768: "ViT-B"}
+
+
+def _clip_vision(keys: Mapping[str, tuple], vit_h: bool) -> str:
+    width = next((shape[0] for k, (_, shape) in keys.items()
+                  if k.endswith(("embeddings.patch_embedding.weight", "visual.conv1.weight"))), None)
+    if width is None:
+        raise _Bad("is not a CLIP vision model (no patch-embedding weight)",
+                   f"use CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors in models/clip_vision ({TABLE})")
+    layers = {m.group(1) for k in keys for m in [re.search(r"(?:encoder\.layers|resblocks)\.(\d+)\.", k)] if m}
+    name = f"CLIP vision {_VIT.get(width, f'width {width}')} ({len(layers)} layers)"
+    if vit_h and width != 1280:
+        raise _Bad(f"is a {name}, but StoryMaker reads CLIP ViT-H/14 features (width 1280, 32 layers)",
+                   f"use CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors ({TABLE}: h94/IP-Adapter "
+                   f"models/image_encoder/model.safetensors, renamed)")
+    return f"a {name}"
+
+
+def _storymaker(keys: Mapping[str, tuple], source: str) -> str:
+    import torch
+
+    from .weights import StoryMakerWeightsError, storymaker_weights_from_state_dict
+
+    def meta(dtype: str, shape: tuple) -> torch.Tensor:
+        return torch.empty(shape, dtype=getattr(torch, _DTYPES.get(dtype, dtype), torch.float32), device="meta")
+
+    nested: dict = {}
+    for key, (dtype, shape) in keys.items():  # mask.bin nests two dicts, .safetensors prefixes: both work
+        section, _, rest = key.partition(".")
+        if section in ("image_proj_model", "ip_adapter") and rest:
+            nested.setdefault(section, {})[rest] = meta(dtype, shape)
+        else:
+            nested[key] = meta(dtype, shape)
+    try:
+        weights = storymaker_weights_from_state_dict(nested, source)
+    except StoryMakerWeightsError as exc:
+        raise _Bad(str(exc).removeprefix(f"{source}: "),
+                   f"use the StoryMaker weights: mask.bin from RED-AIGC/StoryMaker or its converted .safetensors "
+                   f"({TABLE})") from None
+    return f"StoryMaker weights: {weights.info.summary()}"
+
+
+def _sam(keys: Mapping[str, tuple]) -> str:
+    from .segment import ENCODER_KEY, ENCODER_WIDTHS
+
+    keys = {k.removeprefix("model."): v for k, v in keys.items()}
+    if ENCODER_KEY not in keys or not any(k.startswith("mask_decoder.") for k in keys):
+        raise _Bad(f"is not a Segment Anything checkpoint (no '{ENCODER_KEY}' / 'mask_decoder.' weights)",
+                   f"use sam_vit_b_01ec64.pth (or vit_l / vit_h) from Meta's Segment Anything release ({TABLE})")
+    width = keys[ENCODER_KEY][1][0]
+    return f"Segment Anything {ENCODER_WIDTHS.get(width, f'(encoder width {width})')}"
+
+
+def inspect_file(path: str | Path, kind: str) -> Verdict:
+    """Judge one model file from its header.
+
+    Args:
+        path: the file (already resolved inside a model folder by the caller).
+        kind: one of ``KINDS`` (not ``insightface_pack``): what the loader that names it expects.
+    """
+    path = Path(path)
+    if kind not in KINDS or kind == "insightface_pack":
+        return Verdict(False, problem=f"unknown kind of model file {kind!r}", fix=f"one of {', '.join(KINDS[:-1])}")
+    if not path.is_file():
+        return Verdict(False, problem="does not exist", fix=f"put the file there ({TABLE} says where from)")
+    size = path.stat().st_size
+    try:
+        keys = read_keys(path, size)
+        if keys is None:
+            return Verdict(True, found=f"an old-format torch pickle ({_size(size)}); its contents are checked when "
+                                       f"it loads")
+        if not keys:
+            raise _Bad("holds no tensors")
+        if kind in ("checkpoint", "sdxl_checkpoint"):
+            found = _checkpoint(keys, kind == "sdxl_checkpoint")
+        elif kind in ("clip_vision", "clip_vision_vit_h"):
+            found = _clip_vision(keys, kind == "clip_vision_vit_h")
+        elif kind == "storymaker":
+            found = _storymaker(keys, path.name)
+        elif kind == "sam":
+            found = _sam(keys)
+        else:
+            found = f"{len(keys)} tensors"
+    except _Bad as bad:
+        return Verdict(False, problem=bad.problem, fix=bad.fix)
+    except OSError as exc:
+        return Verdict(False, problem=f"cannot be read ({exc.strerror or exc})", fix="check its permissions")
+    return Verdict(True, found=f"{found}, {_size(size)}")
+
+
+# -- InsightFace ------------------------------------------------------------------------------------
+
+def onnx_problem(path: Path) -> str | None:
+    """Whether an ``.onnx`` file is a complete ONNX model: its top-level protobuf fields must end exactly at
+    the end of the file and include the graph (a truncated file ends inside a field)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(1024)
+        bad = failed_download(head, size)
+        if bad:
+            return bad.problem
+        f.seek(0)
+
+        def varint() -> int:
+            value, shift = 0, 0
+            while True:
+                byte = f.read(1)
+                if not byte or shift > 63:
+                    raise EOFError
+                value |= (byte[0] & 0x7F) << shift
+                shift += 7
+                if not byte[0] & 0x80:
+                    return value
+
+        fields = set()
+        try:
+            while f.tell() < size:
+                tag = varint()
+                number, wire = tag >> 3, tag & 7
+                if wire == 0:
+                    varint()
+                elif wire in (1, 2, 5):
+                    skip = varint() if wire == 2 else {1: 8, 5: 4}[wire]
+                    f.seek(f.tell() + skip)
+                else:
+                    raise EOFError
+                if f.tell() > size:
+                    raise EOFError
+                fields.add(number)
+        except EOFError:
+            return f"is not a complete ONNX model ({_size(size)}; truncated or damaged)"
+    return None if 7 in fields else f"is not an ONNX model (no graph; {_size(size)})"
+
+
+def inspect_insightface_pack(root: str | Path, name: str) -> Verdict:
+    """Judge ``<root>/models/<name>/`` (root: ``ComfyUI/models/insightface``) the way the loader finds it."""
+    from .faces import DOWNLOAD_HINTS, FaceModelsNotFoundError, resolve_model_dir
+
+    target = Path(root) / "models" / name
+    get = f"download {DOWNLOAD_HINTS.get(name, name)} and unzip it so the .onnx files sit directly in {target}"
+    try:
+        folder = resolve_model_dir(root, name)
+    except FaceModelsNotFoundError as exc:
+        return Verdict(False, problem=f"is not usable: {str(exc).splitlines()[0].split(': ', 1)[-1]}", fix=get)
+    except ValueError as exc:
+        return Verdict(False, problem=str(exc), fix="choose buffalo_l")
+    files = sorted(folder.glob("*.onnx"))
+    missing = [f for f in PACK_REQUIRED.get(name, ()) if not (folder / f).is_file()]
+    problems = [f"{f} is missing" for f in missing]
+    problems += [f"{p.name} {why}" for p in files for why in [onnx_problem(p)] if why]
+    if problems:
+        return Verdict(False, problem=f"is incomplete ({folder}): " + "; ".join(problems), fix=get)
+    return Verdict(True, found=f"{len(files)} .onnx files in {folder}")
+
+
+def inspect(path: str | Path, kind: str) -> Verdict:
+    """``inspect_file``, or for ``insightface_pack`` the pack folder ``path`` = ``<root>/models/<name>``."""
+    if kind == "insightface_pack":
+        path = Path(path)
+        return inspect_insightface_pack(path.parent.parent, path.name)
+    return inspect_file(path, kind)
+
+
+__all__ = ["KINDS", "PACK_REQUIRED", "Verdict", "failed_download", "inspect", "inspect_file",
+           "inspect_insightface_pack", "onnx_problem", "read_keys", "read_safetensors_header"]

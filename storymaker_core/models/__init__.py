@@ -1,0 +1,11 @@
+"""Model files: the README's table as data, and ``python -m storymaker_core.models fetch`` to download them.
+
+Nothing here runs on import or from a node: downloads happen only when the user runs the command.
+"""
+
+from .catalog import ITEMS, KEYS, HubSource, ModelItem, UrlSource, select
+from .errors import FetchError, NetworkUnavailable, VerificationFailed
+from .fetch import Fetcher, FetchOptions, Outcome
+
+__all__ = ["ITEMS", "KEYS", "FetchError", "FetchOptions", "Fetcher", "HubSource", "ModelItem", "NetworkUnavailable",
+           "Outcome", "UrlSource", "VerificationFailed", "select"]

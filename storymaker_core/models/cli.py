@@ -1,0 +1,127 @@
+"""``python -m storymaker_core.models fetch``: put the README's model files in their ComfyUI folders.
+
+Run by the user, never by a node: downloads are explicit. See docs/models.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .catalog import ITEMS, KEYS, HubSource, ModelItem, select
+from .errors import FetchError
+from .fetch import FAILED, REFUSED, Fetcher, FetchOptions, Outcome
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m storymaker_core.models",
+                                     description="Download the models StoryMaker's workflows use into ComfyUI.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    fetch = commands.add_parser("fetch", help="download the models into ComfyUI's model folders",
+                                description="Download each model of the README's table into its ComfyUI folder, "
+                                            "under the name the workflows use. Present, valid files are skipped.")
+    fetch.add_argument("--comfyui", metavar="DIR",
+                       help="the ComfyUI folder (default: COMFYUI_PATH, else the ComfyUI this pack is installed in)")
+    fetch.add_argument("--only", metavar="NAMES", type=lambda s: [k.strip() for k in s.split(",") if k.strip()],
+                       help=f"comma-separated subset of: {','.join(KEYS)} (default: all)")
+    fetch.add_argument("--list", action="store_true",
+                       help="print each model's source and target folder (for downloading by hand) and exit")
+    fetch.add_argument("--dry-run", action="store_true", help="check what is present and what would be downloaded")
+    fetch.add_argument("--verify", action="store_true",
+                       help="hash every present file again instead of trusting the record of an earlier check")
+    fetch.add_argument("--accept-insightface-license", action="store_true",
+                       help="accept InsightFace's non-commercial licence for buffalo_l (shown before the download)")
+    fetch.add_argument("--convert", action="store_true",
+                       help="also write models/storymaker/storymaker.safetensors (fp16, half size) from mask.bin")
+    fetch.add_argument("--url", metavar="NAME=URL", action="append", default=[],
+                       help="download NAME (insightface or sam) from another URL, e.g. a mirror")
+    return parser
+
+
+def list_models(items: list[ModelItem], comfyui: Path | None) -> str:
+    """The sources and folders, for users who download by hand."""
+    lines = []
+    for item in items:
+        where = comfyui / item.relative_target if comfyui else f"ComfyUI/{item.relative_target}"
+        lines.append(f"{item.key}{' (optional)' if item.optional else ''}: {item.title}")
+        if isinstance(item.source, HubSource):
+            lines.append(f"    source: {item.source.describe()}")
+        lines.append(f"    url:    {item.source.browser_url()}")
+        lines.append(f"    save:   {where}" + (f"  (unzip: {', '.join(item.unzip_members)} directly in it)"
+                                               if item.unzip_members else ""))
+        if item.licence_gate:
+            lines.append("    licence: non-commercial research use only (InsightFace); fetch needs "
+                         f"--accept-{item.key}-license")
+    return "\n".join(lines)
+
+
+def summary(outcomes: list[Outcome]) -> tuple[str, int]:
+    """Final lines and exit code: what is missing, and how to get it by hand."""
+    failed = [o for o in outcomes if o.status in (FAILED, REFUSED)]
+    if not failed:
+        return f"all {len(outcomes)} model(s) in place.", EXIT_OK
+    lines = [f"{len(failed)} of {len(outcomes)} model(s) not fetched: {', '.join(o.item.key for o in failed)}."]
+    if any(o.unreachable for o in failed):
+        lines.append("No network (or the source is blocked). Fetch these by hand, then run this command again "
+                     "to check them:")
+    else:
+        lines.append("To fetch them by hand instead:")
+    lines += [f"  {o.item.key}: {o.item.manual_instructions()}" for o in failed]
+    return "\n".join(lines), EXIT_INCOMPLETE
+
+
+def find_comfyui(explicit: str | None) -> Path:
+    """``--comfyui``, else ``COMFYUI_PATH``, else the ComfyUI this pack is installed in (as the story runner).
+
+    Raises:
+        FetchError: no ComfyUI there.
+    """
+    from ..story.errors import StoryError
+    from ..story.server import find_comfyui as find
+
+    try:
+        return find(explicit)
+    except StoryError as e:
+        where = str(e).split(" (", 1)[0]
+        raise FetchError(f"{where}: not a ComfyUI folder (no main.py). Point --comfyui (or COMFYUI_PATH) at your "
+                         f"ComfyUI folder; the default is the ComfyUI this pack sits in (ComfyUI/custom_nodes/...)") \
+            from e
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    urls = {}
+    for spec in args.url:
+        key, sep, url = spec.partition("=")
+        if not sep or not url:
+            print(f"error: --url {spec!r}: expected NAME=URL", file=sys.stderr)
+            return EXIT_USAGE
+        urls[key.strip()] = url.strip()
+    try:
+        items = select(args.only, urls, ITEMS)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        comfyui = find_comfyui(args.comfyui)
+    except FetchError as e:
+        if args.list:  # the list is useful without a ComfyUI: folders relative to one
+            comfyui = None
+        else:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.list:
+        print(list_models(items, comfyui))
+        return EXIT_OK
+    print(f"ComfyUI: {comfyui}" + ("  (dry run: nothing is written)" if args.dry_run else ""))
+    options = FetchOptions(accept_insightface_license=args.accept_insightface_license, verify=args.verify,
+                           dry_run=args.dry_run, convert=args.convert)
+    outcomes = Fetcher(comfyui, options).run(items)
+    text, code = summary(outcomes)
+    print(text, file=sys.stdout if code == EXIT_OK else sys.stderr)
+    return code

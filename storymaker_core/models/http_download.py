@@ -1,0 +1,142 @@
+"""HTTPS download with resume: ``dest.part`` grows (HTTP Range) until complete, then ``os.replace``.
+
+Used for the release hosts (GitHub releases, Meta's CDN); Hugging Face files go through huggingface_hub.
+A cut connection is resumed in the same run (a few tries); a run that was stopped leaves ``dest.part``
+behind and the next run continues from its end. The final name only ever holds a complete file.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .errors import FetchError, NetworkUnavailable, VerificationFailed
+
+logger = logging.getLogger(__name__)
+USER_AGENT = "ComfyUI-StoryMaker model fetch (python urllib)"
+RETRY_WAIT_S = 1.0  # pause before resuming a cut connection
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def _is_unreachable(error: BaseException) -> bool:
+    """urllib wraps failures to connect (refused, DNS, connect timeout) in URLError; cut bodies are not."""
+    return isinstance(error, urllib.error.URLError) and not isinstance(error, urllib.error.HTTPError)
+
+
+def remote_size(url: str, timeout: float = 20.0) -> int | None:
+    """The file's size from a HEAD request (after redirects), or None when the host does not say.
+
+    Raises:
+        NetworkUnavailable: the host cannot be reached.
+        FetchError: the host answers with an HTTP error (404, 403...).
+    """
+    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            return int(length) if length and length.isdigit() else None
+    except urllib.error.HTTPError as e:
+        raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise NetworkUnavailable(f"cannot reach {url}: {getattr(e, 'reason', e)}") from e
+
+
+def _open(url: str, start: int, timeout: float):
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+    if start:
+        headers["Range"] = f"bytes={start}-"
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _total_from(response, start: int) -> tuple[int, int | None]:
+    """(offset the body starts at, total size) from a 200 or 206 response."""
+    if response.status == 206:
+        match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+        if not match or int(match.group(1)) != start:
+            raise FetchError(f"{response.url}: the server answered the resume request with a wrong "
+                             f"Content-Range ({response.headers.get('Content-Range')!r})")
+        return start, None if match.group(3) == "*" else int(match.group(3))
+    length = response.headers.get("Content-Length")
+    return 0, int(length) if length and length.isdigit() else None  # 200: the server ignored Range
+
+
+def download(url: str, dest: str | Path, *, expected_size: int | None = None, tries: int = 4,
+             timeout: float = 60.0, desc: str | None = None) -> Path:
+    """Download ``url`` to ``dest`` atomically, resuming ``dest.part``; returns ``dest``.
+
+    Args:
+        expected_size: bytes the file must have (else the server's Content-Length is used).
+        tries: connection attempts in this run; each resumes where the last one stopped.
+
+    Raises:
+        NetworkUnavailable: the host could not be reached (before any byte arrived).
+        VerificationFailed: the finished file has the wrong size.
+        FetchError: an HTTP error, or every try was cut off.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    total = expected_size
+    last_error: BaseException | None = None
+    bar = None
+    try:
+        for attempt in range(1, tries + 1):
+            start = part.stat().st_size if part.exists() else 0
+            if total is not None and start == total:
+                break
+            if total is not None and start > total:  # a .part from another version of the file
+                part.unlink()
+                start = 0
+            try:
+                with _open(url, start, timeout) as response:
+                    offset, server_total = _total_from(response, start)
+                    if total is not None and server_total is not None and server_total != total:
+                        raise VerificationFailed(f"{url}: the server says {server_total} bytes, expected {total}")
+                    total = total if total is not None else server_total
+                    if bar is None:
+                        bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                                   desc=desc or dest.name)
+                    else:
+                        bar.reset(total=total)
+                        bar.update(offset)
+                    with open(part, "ab" if offset else "wb") as f:
+                        while chunk := response.read(1 << 20):
+                            f.write(chunk)
+                            bar.update(len(chunk))
+                got = part.stat().st_size
+                if total is None or got == total:
+                    break
+                last_error = FetchError(f"connection closed after {got} of {total} bytes")
+            except urllib.error.HTTPError as e:
+                if e.code == 416 and start:  # our .part is not a prefix of this file: start over
+                    part.unlink()
+                    last_error = e
+                    continue
+                raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from e
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+                if _is_unreachable(e) and not part.exists():
+                    raise NetworkUnavailable(f"cannot reach {url}: {getattr(e, 'reason', e)}") from e
+                last_error = e
+            if attempt < tries:
+                logger.warning("download of %s interrupted (%s); resuming (try %d of %d)",
+                               url, last_error, attempt + 1, tries)
+                time.sleep(RETRY_WAIT_S)
+        else:
+            raise FetchError(f"{url}: download interrupted {tries} times ({last_error}); run the command "
+                             f"again to resume from {part}")
+    finally:
+        if bar is not None:
+            bar.close()
+    size = part.stat().st_size
+    if total is not None and size != total:
+        raise VerificationFailed(f"{url}: got {size} bytes, expected {total}; run again to resume")
+    os.replace(part, dest)
+    return dest

@@ -1,0 +1,215 @@
+"""ViStoryBench dataset -> one story file per story (``OUT/<NN>/story.yaml``) the story runner renders.
+
+Per story: the cast is ``Characters`` (first reference image, copied to ``OUT/<NN>/refs/``; identity
+mode from ``tag``), and every shot becomes a scene whose id is the shot index. A shot with 1-3 on-stage
+characters uses the 1/2/3-character template with the characters in listed order (slot 1 = left region);
+no character -> the plain SDXL template; more than 3 -> the first three (warned, counted). Region masks
+(left/right halves, left/middle/right thirds) are written to ``OUT/masks/`` and bound to the image nodes
+feeding StoryMaker Apply's ``mask_N``. Templates are copied to ``OUT/templates/`` so ``OUT`` renders from
+any machine. The choices are explained in docs/vistorybench.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..checker import slug_or_hash
+from .dataset import VistoryStory, load_dataset
+from .prompts import NEGATIVE, shot_prompt
+from .regions import REGION_NAMES, write_region_masks
+from .templates import DEFAULT_TEMPLATES, TemplateError, TemplateInfo, copy_template, default_template_dir, inspect_template
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ConvertOptions", "ConvertSummary", "MAX_CHARACTERS", "SIDECAR", "convert_dataset", "identity_for_tag",
+           "story_name"]
+
+MAX_CHARACTERS = 3  # StoryMaker's character slots
+SIDECAR = "vistorybench.json"  # beside each story.yaml: story id, language, shot indices (read by export)
+
+
+def identity_for_tag(tag: str) -> str:
+    """ViStoryBench ``tag`` -> the character node's ``identity``: real people may have a usable face
+    (``auto`` decides per reference); drawn people and animals have no ArcFace face (``appearance``)."""
+    return "auto" if tag == "realistic_human" else "appearance"
+
+
+def story_name(story_id: str, language: str) -> str:
+    """The story's ``name`` (its output folder): language first, so en and ch renders never share a folder."""
+    return f"vistorybench-{language}-{story_id}"
+
+
+@dataclass
+class ConvertOptions:
+    language: str = "en"
+    split: str = "full"
+    stories: list[str] | None = None
+    templates: dict[int, Path] = field(default_factory=dict)  # count -> file; default: DEFAULT_TEMPLATES
+    width: int = 1024
+    height: int = 1024
+    steps: int | None = None
+    cfg: float | None = None
+    base_seed: int = 0
+
+
+@dataclass
+class ConvertSummary:
+    stories: int = 0
+    shots: int = 0
+    characters: Counter = field(default_factory=Counter)  # (tag, identity mode) -> count
+    truncated: list[str] = field(default_factory=list)  # "01/7: 4 characters, rendered A, B, C"
+    no_character: int = 0
+    templates: Counter = field(default_factory=Counter)  # template file -> shots
+    problems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stories": self.stories, "shots": self.shots,
+                "characters": [{"tag": t, "identity": m, "count": n} for (t, m), n in sorted(self.characters.items())],
+                "shots_truncated_to_3": self.truncated, "shots_with_no_character": self.no_character,
+                "templates": dict(self.templates), "problems": self.problems}
+
+    def format(self) -> str:
+        lines = [f"stories: {self.stories}", f"shots: {self.shots}", "characters by tag and identity mode:"]
+        lines += [f"  {tag or '(no tag)'} -> {mode}: {n}" for (tag, mode), n in sorted(self.characters.items())]
+        lines += [f"shots with more than {MAX_CHARACTERS} characters (first {MAX_CHARACTERS} rendered): {len(self.truncated)}"]
+        lines += [f"  {t}" for t in self.truncated]
+        lines += [f"shots with no character (plain SDXL): {self.no_character}",
+                  f"problems: {len(self.problems)}"] + [f"  {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _templates(options: ConvertOptions) -> dict[int, TemplateInfo]:
+    infos = {}
+    for count in range(MAX_CHARACTERS + 1):
+        path = Path(options.templates.get(count) or default_template_dir() / DEFAULT_TEMPLATES[count])
+        info = inspect_template(path, count)
+        if count and not info.identity:
+            raise TemplateError(f"template {path}: its {count}-character node(s) have no `identity` input, so the "
+                                "identity mode from ViStoryBench's tag cannot be set; regenerate the template "
+                                "(python scripts/build_workflows.py) or re-export it with the current pack")
+        infos[count] = info
+    return infos
+
+
+def convert_dataset(dataset: str | Path, out: str | Path, options: ConvertOptions | None = None) -> ConvertSummary:
+    """Write ``out/<NN>/story.yaml`` for every selected story, plus ``out/templates``, ``out/masks`` and
+    ``out/summary.json``. Raises ``DatasetError`` / ``TemplateError`` before writing anything."""
+    options = options or ConvertOptions()
+    out = Path(out)
+    stories = load_dataset(dataset, options.split, options.stories, options.language)
+    templates = _templates(options)
+    copied = {count: copy_template(info, out / "templates") for count, info in templates.items()}
+    masks = write_region_masks(out / "masks", options.width, options.height)
+    summary = ConvertSummary()
+    for story in stories:
+        _convert_story(story, out / story.story_id, templates, copied, masks, options, summary)
+    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False) + "\n",
+                                      encoding="utf-8")
+    return summary
+
+
+def _cast(story: VistoryStory, story_dir: Path, needs_mask: bool, summary: ConvertSummary):
+    """Cast list for story.yaml and key -> cast name, for characters with a reference image."""
+    refs = story_dir / "refs"
+    cast, names, taken = [], {}, set()
+    for key, char in story.characters.items():
+        mode = identity_for_tag(char.tag)
+        summary.characters[(char.tag, mode)] += 1
+        if not char.images:
+            summary.problems.append(f"story {story.story_id}: character '{key}' has no reference image; left out "
+                                    "of the cast (still described in the prompt)")
+            continue
+        name = key.strip() if not key.strip().isdigit() else f"character {key.strip()}"
+        while name.casefold() in taken:
+            name += " #2"
+        taken.add(name.casefold())
+        source = char.images[0]
+        stem = slug_or_hash(key, "character")
+        image = refs / f"{stem}{source.suffix.lower()}"
+        refs.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, image)
+        member = {"name": name, "image": f"refs/{image.name}", "identity": mode}
+        if needs_mask:  # ViStoryBench has no masks: the whole reference is the character
+            member["mask"] = f"refs/{_whole_mask(source, refs / f'{stem}-mask.png').name}"
+        cast.append(member)
+        names[key] = name
+    return cast, names
+
+
+def _whole_mask(image: Path, target: Path) -> Path:
+    from PIL import Image
+
+    with Image.open(image) as im:
+        Image.new("RGB", im.size, (255, 255, 255)).save(target)
+    return target
+
+
+def _rel(path: Path, base: Path) -> str:
+    return Path(os.path.relpath(path, base)).as_posix()
+
+
+def _convert_story(story: VistoryStory, story_dir: Path, templates: dict[int, TemplateInfo], copied: dict[int, Path],
+                   masks: dict[str, Path], options: ConvertOptions, summary: ConvertSummary) -> None:
+    story_dir.mkdir(parents=True, exist_ok=True)
+    summary.stories += 1
+    summary.problems += story.warnings
+    cast, names = _cast(story, story_dir, any(t.needs_mask for t in templates.values()), summary)
+    scenes, used_values = [], {}
+    for shot in story.shots:
+        where = f"{story.story_id}/{shot.index}"
+        on_stage = [k for k in shot.character_keys if k in names]
+        for key in shot.character_keys:
+            if key not in names:
+                summary.problems.append(f"shot {where}: '{key}' has no reference image; not given an identity slot")
+        if len(on_stage) > MAX_CHARACTERS:
+            kept = on_stage[:MAX_CHARACTERS]
+            message = (f"{where}: {len(on_stage)} characters, rendered {', '.join(kept)}; "
+                       f"left out of the slots: {', '.join(on_stage[MAX_CHARACTERS:])}")
+            logger.warning("shot %s", message)
+            summary.truncated.append(message)
+            on_stage = kept
+        count = len(on_stage)
+        summary.no_character += count == 0
+        info = templates[count]
+        summary.templates[info.path.name] += 1
+        workflow: Any = _rel(copied[count], story_dir)
+        region_names = REGION_NAMES.get(count, ())
+        if count >= 2 and len(info.regions) >= count:
+            workflow = {"file": workflow, "bindings": {region_names[slot - 1]: {"node": info.regions[slot], "input": "image"}
+                                                       for slot in range(1, count + 1)}}
+            used_values.update({n: {"image": _rel(masks[n], story_dir)} for n in region_names})
+        scenes.append({"id": str(shot.index), "prompt": shot_prompt(shot, story.characters, options.language),
+                       "characters": [names[k] for k in on_stage], "workflow": workflow})
+        summary.shots += 1
+    if not scenes:
+        summary.problems.append(f"story {story.story_id}: no usable shot; no story file written")
+        return
+    doc: dict[str, Any] = {
+        "version": 1, "name": story_name(story.story_id, options.language),
+        "workflow": _rel(copied[1], story_dir), "cast": cast,
+        "size": [options.width, options.height], "base_seed": options.base_seed, "negative": NEGATIVE,
+    }
+    sampling = {k: v for k, v in (("steps", options.steps), ("cfg", options.cfg)) if v is not None}
+    if sampling:
+        doc["sampling"] = sampling
+    if used_values:
+        doc["values"] = used_values
+    doc["scenes"] = scenes
+    header = (f"# ViStoryBench story {story.story_id} ({options.language}), converted by "
+              f"python -m storymaker_core.story.vistorybench convert\n# render: python -m storymaker_core.story "
+              f"{story_dir.name}/story.yaml --server URL   (docs/vistorybench.md)\n")
+    (story_dir / "story.yaml").write_text(header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=120),
+                                          encoding="utf-8")
+    sidecar = {"story_id": story.story_id, "language": options.language, "name": doc["name"],
+               "dataset": str(story.path), "shots": [s["id"] for s in scenes],
+               "cast": {name: key for key, name in names.items()}}
+    (story_dir / SIDECAR).write_text(json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

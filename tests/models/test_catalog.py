@@ -1,0 +1,41 @@
+"""The catalog is the README's model table as data: the two must name the same files, folders and sources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from storymaker_core.models.catalog import ITEMS, HubSource, UrlSource, select
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _table_rows() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    table = text.split("## Models: which file goes where", 1)[1].split("\n\n", 2)[1]
+    return [line for line in table.splitlines() if line.startswith("| `")]
+
+
+@pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.key)
+def test_every_catalog_entry_is_a_row_of_the_readme_table(item):
+    rows = [row for row in _table_rows() if f"`{item.name}" in row.split("|")[1]]
+    assert len(rows) == 1, f"README has no single row for {item.name}"
+    _, save_as, folder, source, _ = rows[0].split("|")
+    assert f"`{item.folder}/`" in folder
+    if isinstance(item.source, HubSource):
+        assert item.source.repo_id in source
+        if "/" in item.source.filename:  # a file inside the repo that gets renamed: the README says which
+            assert item.source.filename in source
+    else:
+        assert isinstance(item.source, UrlSource)
+        assert item.source.url.rsplit("/", 1)[-1] in rows[0]  # the release file the row names
+
+
+def test_select_keeps_table_order_and_rejects_unknown_names():
+    assert [item.key for item in select(["sam", "storymaker"])] == ["storymaker", "sam"]
+    with pytest.raises(ValueError, match="unknown model vae"):
+        select(["vae"])
+    with pytest.raises(ValueError, match="HF_ENDPOINT"):
+        select(urls={"sdxl": "http://mirror/x"})
+    assert select(["sam"], urls={"sam": "http://mirror/sam.pth"})[0].source == UrlSource("http://mirror/sam.pth")

@@ -1,0 +1,234 @@
+"""ViStoryBench: reading its dataset layout, converting it to story files the runner plans unchanged."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from storymaker_core.story import load_story, plan_story
+from storymaker_core.story.vistorybench.__main__ import main
+from storymaker_core.story.vistorybench.convert import ConvertOptions, convert_dataset
+from storymaker_core.story.vistorybench.dataset import LITE_STORY_IDS, DatasetError, load_dataset, load_story as load_vistory
+from storymaker_core.story.vistorybench.prompts import shot_prompt
+from storymaker_core.story.vistorybench.regions import region_bands
+from storymaker_core.story.vistorybench.templates import TemplateError
+from support.vistorybench_data import (CHARACTERS_01, CHINESE_ONLY_SHOT, MISSING_CHARACTER, REPO, SHOTS_01,
+                                       build_dataset, story_01)
+
+API = REPO / "workflows" / "api"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return build_dataset(tmp_path_factory.mktemp("vistorybench"))
+
+
+@pytest.fixture(scope="module")
+def converted(dataset, tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted")
+    return out, convert_dataset(dataset.parent, out)
+
+
+def test_story_json_with_bom_keys_with_spaces_and_sorted_references(dataset):
+    assert (dataset / "01" / "story.json").read_bytes().startswith(b"\xef\xbb\xbf")
+    story = load_vistory(dataset / "01", "en")
+    assert list(story.characters) == list(CHARACTERS_01)
+    ava = story.characters["Ava Stone"]
+    assert [p.name for p in ava.images] == ["00.png", "01.jpg"]
+    rabbit = story.characters["Big Brown Rabbit"]
+    assert [p.relative_to(dataset / "01" / "image" / "Big Brown Rabbit").as_posix() for p in rabbit.images] == \
+        ["00.jpg", "side/01.jpg"]  # every image under the key's folder, sorted
+    assert rabbit.tag == "non_human" and rabbit.name("ch") == "大棕兔"
+    by_index = {s.index: s for s in story.shots}
+    for index, names in SHOTS_01.items():
+        assert by_index[index].character_keys == tuple(n for n in names if n in CHARACTERS_01)
+    assert by_index[7].unknown_characters == (MISSING_CHARACTER,)
+    assert any(MISSING_CHARACTER in w and "not in Characters" in w for w in story.warnings)
+
+
+def test_a_shot_with_chinese_text_only_falls_back_with_warnings(dataset):
+    story = load_vistory(dataset / "01", "en")
+    shot = next(s for s in story.shots if s.index == CHINESE_ONLY_SHOT)
+    source = next(s for s in story_01()["Shots"] if s["index"] == CHINESE_ONLY_SHOT)
+    assert shot.text["scene"] == source["Setting Description"]["ch"]
+    assert shot.text["camera"] == source["Shot Perspective Design"]["ch"]
+    assert shot.character_keys == ("Big Brown Rabbit",)  # named in Chinese only: found by name_ch
+    assert len(shot.fallbacks) == 5
+    assert sum(f"shot {CHINESE_ONLY_SHOT}:" in w and "no en text" in w for w in story.warnings) == 5
+    chinese = load_vistory(dataset / "01", "ch")
+    assert not any(f"shot {CHINESE_ONLY_SHOT}:" in w for w in chinese.warnings)
+
+
+def test_splits_and_story_selection(dataset):
+    assert [s.story_id for s in load_dataset(dataset)] == ["01", "02", "08"]
+    assert [s.story_id for s in load_dataset(dataset, "lite")] == [i for i in ("01", "02", "08") if i in LITE_STORY_IDS]
+    assert "02" not in LITE_STORY_IDS and {"01", "08"} <= set(LITE_STORY_IDS) and len(LITE_STORY_IDS) == 20
+    assert [s.story_id for s in load_dataset(dataset.parent, stories=["8", "01"])] == ["01", "08"]  # parent/ViStory
+    with pytest.raises(DatasetError, match="story '05' is not in .*stories there: 01, 02, 08"):
+        load_dataset(dataset, stories=["05"])
+    with pytest.raises(DatasetError, match="not in the lite split"):
+        load_dataset(dataset, "lite", stories=["02"])
+
+
+def test_bad_dataset_paths_and_files_get_clear_errors(dataset, tmp_path):
+    with pytest.raises(DatasetError, match="does not exist"):
+        load_dataset(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="holds no story folder"):
+        load_dataset(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="language 'fr'"):
+        load_dataset(dataset, language="fr")
+    broken = tmp_path / "broken" / "03"
+    broken.mkdir(parents=True)
+    (broken / "story.json").write_text('{"Characters": {', encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"story.json is not valid JSON \(line 1"):
+        load_dataset(tmp_path / "broken")
+    with pytest.raises(DatasetError, match="story.json does not exist"):
+        load_vistory(tmp_path / "empty")
+    assert main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_shot_missing_a_field_is_skipped_like_vistorybench_does(tmp_path):
+    doc = story_01()
+    del doc["Shots"][1]["Plot Correspondence"]
+    doc["Shots"].append(dict(doc["Shots"][0]))  # the same index twice: the file name would clash
+    (tmp_path / "04").mkdir()
+    (tmp_path / "04" / "story.json").write_text(json.dumps(doc), encoding="utf-8")
+    story = load_vistory(tmp_path / "04")
+    assert [s.index for s in story.shots] == [1, 3, 4, 5, 6, 7]
+    assert any("shot 2: missing Plot Correspondence; skipped" in w for w in story.warnings)
+    assert any("index 1 is used by an earlier shot" in w for w in story.warnings)
+    assert any("no reference image" in w for w in story.warnings)  # no image/ folder at all
+
+
+def test_prompt_keeps_vistorybench_order_and_escapes_weights(dataset):
+    story = load_vistory(dataset / "01", "en")
+    shot = next(s for s in story.shots if s.index == 3)
+    source = next(s for s in story_01()["Shots"] if s["index"] == 3)
+    prompt = shot_prompt(shot, story.characters, "en")
+    script = source["Static Shot Description"]["en"].replace("(", "\\(").replace(")", "\\)")
+    pieces = [source["Shot Perspective Design"]["en"], source["Plot Correspondence"]["en"], script,
+              f"Ben is {CHARACTERS_01['Ben']['prompt_en']}", "Miko is an anime girl",
+              source["Setting Description"]["en"]]
+    positions = [prompt.index(p) for p in pieces]
+    assert positions == sorted(positions), prompt
+    assert "(" not in prompt.replace("\\(", "") and ")" not in prompt.replace("\\)", "")
+    chinese = shot_prompt(shot, load_vistory(dataset / "01", "ch").characters, "ch")
+    assert f"本 is {CHARACTERS_01['Ben']['prompt_ch']}" in chinese
+
+
+def test_converted_stories_plan_with_the_right_template_cast_and_regions(converted, dataset):
+    out, summary = converted
+    story = load_story(out / "01" / "story.yaml")
+    assert story.name == "vistorybench-en-01"
+    assert {n: m.identity for n, m in story.cast.items()} == {
+        n: ("auto" if c["tag"] == "realistic_human" else "appearance") for n, c in CHARACTERS_01.items()}
+    # the first reference of each character, copied beside the story
+    assert story.cast["Ava Stone"].image.read_bytes() == (dataset / "01/image/Ava Stone/00.png").read_bytes()
+    assert all(m.mask is None for m in story.cast.values())  # Segment Anything templates: no masks
+    plans = {p.id: p for p in plan_story(story)}
+    expected_ids = [str(i) for i in sorted([*SHOTS_01, CHINESE_ONLY_SHOT])]
+    assert sorted(plans, key=int) == expected_ids
+    templates = {sid: Path(p.scene.workflow.path).name for sid, p in plans.items()}
+    assert templates["1"] == "story-template-no-character.api.json"
+    assert templates["2"] == templates["6"] == templates["7"] == "story-template-one-character-sam.api.json"
+    assert templates["3"] == "story-template-two-characters-sam.api.json"
+    assert templates["4"] == templates["5"] == "story-template-three-characters-sam.api.json"
+    assert plans["5"].characters == ("Miko", "Ava Stone", "Ben")  # the first three, listed order
+    assert plans["7"].characters == ("Ava Stone",)
+    for sid in ("3", "5"):  # each slot's character node gets the cast member's image, name and identity
+        plan = plans[sid]
+        nodes = plan.prompt
+        for slot, name in enumerate(plan.characters, 1):
+            image_node = next(k for k, n in nodes.items() if n["_meta"]["title"] == f"character:{slot}")
+            node = next(n for n in nodes.values() if n["class_type"] == "StoryMakerCharacterFromImage"
+                        and n["inputs"]["image"] == [image_node, 0])
+            assert node["inputs"]["name"] == name and node["inputs"]["identity"] == story.cast[name].identity
+    # region masks: the image nodes feeding StoryMaker Apply's mask_N get left-to-right bands
+    plan = plans["4"]
+    apply = next(n for n in plan.prompt.values() if n["class_type"] == "StoryMakerApply")
+    uploads = {u.name: u.path for u in plan.uploads}
+    centers = []
+    for slot in (1, 2, 3):
+        source = plan.prompt[apply["inputs"][f"mask_{slot}"][0]]
+        mask = np.asarray(Image.open(uploads[source["inputs"]["image"]]).convert("L")) > 127
+        assert mask.shape == (1024, 1024) and (mask == mask[:1]).all()  # vertical bands
+        columns = np.flatnonzero(mask[0])
+        assert columns.size in (341, 342) and (np.diff(columns) == 1).all()
+        centers.append(columns.mean())
+    assert centers == sorted(centers)
+
+
+def test_summary_counts(converted):
+    out, summary = converted
+    written = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert written["stories"] == summary.stories == 3
+    assert summary.shots == len(SHOTS_01) + 1 + 2 + 2
+    assert summary.no_character == 1 + 1 + 1  # shot 01/1 and shot 2 of stories 02 and 08
+    assert len(summary.truncated) == 1 and summary.truncated[0].startswith("01/5: 4 characters")
+    assert "Big Brown Rabbit" in summary.truncated[0].split("left out of the slots:")[1]
+    counts = {(c["tag"], c["identity"]): c["count"] for c in written["characters"]}
+    assert counts == {("realistic_human", "auto"): 2, ("unrealistic_human", "appearance"): 3,
+                      ("non_human", "appearance"): 1}
+    assert any(MISSING_CHARACTER in p for p in summary.problems)
+    text = summary.format()
+    assert "shots with no character (plain SDXL): 3" in text and "first 3 rendered): 1" in text
+
+
+def test_region_bands_partition_the_width():
+    for width, count in ((1024, 2), (1000, 3), (17, 3)):
+        bands = region_bands(width, 4, count)
+        total = sum(b.astype(int) // 255 for b in bands)
+        assert (total == 1).all()
+        firsts = [np.flatnonzero(b[0])[0] for b in bands]
+        assert firsts == sorted(firsts) and firsts[0] == 0
+
+
+def test_templates_with_mask_nodes_get_whole_image_masks(dataset, tmp_path):
+    options = ConvertOptions(stories=["02"], templates={1: API / "story-template-one-character.api.json"})
+    convert_dataset(dataset, tmp_path, options)
+    story = load_story(tmp_path / "02" / "story.yaml")
+    miko = story.cast["Miko"]
+    mask = np.asarray(Image.open(miko.mask))
+    assert mask.min() == 255 and Image.open(miko.mask).size == Image.open(miko.image).size
+    plans = plan_story(story)
+    assert plans[0].characters == ("Miko",)
+
+
+def test_unusable_templates_are_refused_before_writing(dataset, tmp_path):
+    with pytest.raises(TemplateError, match="shots with 1 character"):
+        convert_dataset(dataset, tmp_path / "a", ConvertOptions(templates={1: API / "story-template-two-characters-sam.api.json"}))
+    no_mask = json.loads((API / "story-template-one-character.api.json").read_text())
+    mask_node = next(n for n in no_mask.values() if n["class_type"] == "StoryMakerCharacterFromImage")["inputs"].pop("mask")
+    del no_mask[mask_node[0]]
+    (tmp_path / "nomask.api.json").write_text(json.dumps(no_mask))
+    with pytest.raises(TemplateError, match="neither a mask:1 node nor Segment Anything"):
+        convert_dataset(dataset, tmp_path / "b", ConvertOptions(templates={1: tmp_path / "nomask.api.json"}))
+    old = json.loads((API / "story-template-one-character-sam.api.json").read_text())
+    del next(n for n in old.values() if n["class_type"] == "StoryMakerCharacterFromImage")["inputs"]["identity"]
+    (tmp_path / "old.api.json").write_text(json.dumps(old))
+    with pytest.raises(TemplateError, match="no `identity` input"):
+        convert_dataset(dataset, tmp_path / "c", ConvertOptions(templates={1: tmp_path / "old.api.json"}))
+    assert not any((tmp_path / d).exists() for d in "abc")
+
+
+def test_cli_convert_chinese_lite(dataset, tmp_path, capsys):
+    assert main(["convert", str(dataset), str(tmp_path), "--language", "ch", "--split", "lite",
+                 "--size", "768x512", "--steps", "4"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["01", "08"]
+    doc = yaml.safe_load((tmp_path / "01" / "story.yaml").read_text(encoding="utf-8"))
+    assert doc["name"] == "vistorybench-ch-01" and doc["size"] == [768, 512] and doc["sampling"] == {"steps": 4}
+    shot6 = next(s for s in doc["scenes"] if s["id"] == str(CHINESE_ONLY_SHOT))
+    assert shot6["prompt"].startswith("特写")
+    assert Image.open(tmp_path / "masks" / "left-half.png").size == (768, 512)
+    assert "stories: 2" in capsys.readouterr().out
+    for bad in (["--size", "100x7"], ["--stories", "one"], ["--template", "4=x.json"]):
+        with pytest.raises(SystemExit):
+            main(["convert", str(dataset), str(tmp_path / "x"), *bad])
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,108 @@
+"""ViStoryBench export: finished scenes land where its bench_run.py reads them; missing ones are listed."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from storymaker_core.story.manifest import DONE, FAILED, Manifest
+from storymaker_core.story.vistorybench.__main__ import main
+from storymaker_core.story.vistorybench.convert import ConvertOptions, convert_dataset
+from storymaker_core.story.vistorybench.export import ExportError, export_stories
+from storymaker_core.story.vistorybench.outputs import read_output_shots
+from support.vistorybench_data import build_dataset
+
+TS = "20250101_120000"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return build_dataset(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def converted(dataset, tmp_path) -> Path:
+    out = tmp_path / "stories"
+    convert_dataset(dataset, out, ConvertOptions(stories=["02", "08"]))
+    return out
+
+
+def render(run_root: Path, converted: Path, story_id: str, done: dict[str, tuple], failed: dict[str, str] = {}) -> Path:
+    """A run folder as the runner leaves it: images + manifest (written by the runner's Manifest)."""
+    run = run_root / f"vistorybench-en-{story_id}"
+    run.mkdir(parents=True)
+    manifest = Manifest.open(run / "manifest.json", {"name": run.name, "file": str(converted / story_id / "story.yaml")})
+    for scene_id, color in done.items():
+        name = f"{int(scene_id):02d}-{scene_id}.png"
+        Image.new("RGB", (8, 8), color).save(run / name)
+        manifest.update(scene_id, status=DONE, file=name, sha256=hashlib.sha256((run / name).read_bytes()).hexdigest())
+    for scene_id, error in failed.items():
+        manifest.update(scene_id, status=FAILED, error=error)
+    return run
+
+
+def test_export_writes_vistorybench_layout_and_lists_what_is_missing(converted, tmp_path):
+    runs = tmp_path / "runs"
+    render(runs, converted, "02", {"1": (255, 0, 0)}, {"2": "node 7 raised: no face"})
+    render(runs, converted, "08", {"1": (0, 255, 0), "2": (0, 0, 255)})
+    outputs = tmp_path / "outputs"
+    report = export_stories([runs], outputs, "storymaker", "base", "en", TS)
+    shot = outputs / "storymaker" / "base" / "en" / TS / "08" / "shots" / "2.png"
+    assert shot.read_bytes() == (runs / "vistorybench-en-08" / "02-2.png").read_bytes()
+    assert report.exported == {"02": [1], "08": [1, 2]}
+    assert report.missing == ["02/2: failed: node 7 raised: no face"]
+    found = read_output_shots(outputs, "storymaker", "base", "en")  # latest run
+    assert {sid: sorted(shots) for sid, shots in found.items()} == {"02": [1], "08": [1, 2]}
+    assert "MISSING 1 shot(s)" in report.format()
+
+
+def test_cli_exit_status_damaged_files_and_links(converted, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    run = render(runs, converted, "08", {"1": (1, 2, 3), "2": (4, 5, 6)})
+    outputs = tmp_path / "outputs"
+    args = ["export", str(run), "--to", str(outputs), "--method", "sm", "--timestamp", TS, "--link"]
+    assert main(args) == 0
+    assert f"--method sm --mode base --language en --timestamp {TS}" in capsys.readouterr().out
+    target = outputs / "sm" / "base" / "en" / TS / "08" / "shots" / "1.png"
+    assert target.stat().st_ino == (run / "01-1.png").stat().st_ino  # hard link
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(run / "02-2.png")  # changed after rendering
+    (run / "01-1.png").unlink()
+    assert main(args[:-3] + ["--timestamp", "20250101_130000"]) == 1
+    out = capsys.readouterr().out
+    assert "08/1: its file 01-1.png is gone" in out and "08/2: 02-2.png differs from what was rendered" in out
+    assert not (outputs / "sm" / "base" / "en" / "20250101_130000" / "08" / "shots").exists()
+
+
+def test_unrendered_shots_are_missing_and_the_sidecar_or_name_identifies_the_story(converted, tmp_path):
+    runs = tmp_path / "runs"
+    render(runs, converted, "08", {"2": (1, 1, 1)})  # shot 1 never ran
+    report = export_stories([runs / "vistorybench-en-08"], tmp_path / "o", "m", timestamp=TS)
+    assert report.missing == ["08/1: not rendered yet (no record in the manifest)"]
+    # story file gone: the name still says which story; expected shots are then the manifest's scenes
+    (converted / "08" / "vistorybench.json").unlink()
+    report = export_stories([runs / "vistorybench-en-08"], tmp_path / "o2", "m", timestamp=TS)
+    assert report.exported == {"08": [2]} and report.missing == []
+
+
+def test_export_refuses_what_it_cannot_place(converted, tmp_path):
+    runs = tmp_path / "runs"
+    render(runs, converted, "08", {"1": (1, 1, 1)})
+    with pytest.raises(ExportError, match="converted with --language en, not ch"):
+        export_stories([runs], tmp_path / "o", "m", language="ch", timestamp=TS)
+    copy = tmp_path / "again"
+    render(copy, converted, "08", {"1": (1, 1, 1)})
+    with pytest.raises(ExportError, match="are both story 08"):
+        export_stories([runs, copy], tmp_path / "o", "m", timestamp=TS)
+    other = tmp_path / "other" / "holiday"
+    other.mkdir(parents=True)
+    Manifest.open(other / "manifest.json", {"name": "holiday", "file": str(tmp_path / "holiday.yaml")})
+    with pytest.raises(ExportError, match="not a converted ViStoryBench story"):
+        export_stories([other], tmp_path / "o", "m", timestamp=TS)
+    with pytest.raises(ExportError, match="no manifest.json here"):
+        export_stories([tmp_path / "nothing"], tmp_path / "o", "m", timestamp=TS)
+    with pytest.raises(ValueError, match="must look like 20250101_120000"):
+        export_stories([runs], tmp_path / "o", "m", timestamp="latest")
+    assert main(["export", str(runs), "--to", str(tmp_path / "o"), "--method", "m", "--timestamp", "x"]) == 2
