@@ -74,8 +74,9 @@ def failed_download(head: bytes, size: int) -> _Bad | None:
     return None
 
 
-def read_safetensors_header(path: str | Path, size: int) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """``name -> (dtype, shape)`` from a ``.safetensors`` header, after checking the data fits the file."""
+def read_safetensors_header(path: str | Path, size: int) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict]:
+    """(``name -> (dtype, shape)``, ``__metadata__``) from a ``.safetensors`` header, after checking that the
+    data it describes fits the file exactly."""
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
@@ -86,6 +87,7 @@ def read_safetensors_header(path: str | Path, size: int) -> dict[str, tuple[str,
                        f"{_size(size)} (truncated, or not a .safetensors file)")
         try:
             header = json.loads(f.read(length))
+            metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
             entries = {k: v for k, v in header.items() if k != "__metadata__"}
             ends = [int(v["data_offsets"][1]) for v in entries.values()]
             shapes = {k: (str(v["dtype"]), tuple(int(d) for d in v["shape"])) for k, v in entries.items()}
@@ -97,7 +99,7 @@ def read_safetensors_header(path: str | Path, size: int) -> dict[str, tuple[str,
     if expected < size:
         raise _Bad(f"has {size - expected} bytes after its last tensor, which ComfyUI refuses (a damaged or "
                    f"concatenated download)")
-    return shapes
+    return shapes, metadata
 
 
 def read_torch_keys(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]] | None:
@@ -133,8 +135,9 @@ def read_torch_keys(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]] 
     return flat
 
 
-def read_keys(path: Path, size: int) -> dict[str, tuple[str, tuple[int, ...]]] | None:
-    """Tensor names and shapes of any model file ComfyUI loads, or None when only loading would tell."""
+def read_keys(path: Path, size: int) -> tuple[dict[str, tuple[str, tuple[int, ...]]] | None, dict]:
+    """(tensor names -> (dtype, shape), safetensors metadata) of any model file ComfyUI loads; the names are
+    None when only loading the file would tell (an old-format pickle)."""
     with open(path, "rb") as f:
         head = f.read(1024)
     bad = failed_download(head, size)
@@ -143,9 +146,9 @@ def read_keys(path: Path, size: int) -> dict[str, tuple[str, tuple[int, ...]]] |
     if path.name.lower().endswith(SAFETENSORS):
         return read_safetensors_header(path, size)
     if head.startswith(b"PK\x03\x04"):
-        return read_torch_keys(path)
+        return read_torch_keys(path), {}
     if head.startswith(b"\x80"):
-        return None  # an old-format pickle: ComfyUI reads it; judging it means loading it
+        return None, {}  # an old-format pickle: ComfyUI reads it; judging it means loading it
     raise _Bad(f"is neither a .safetensors file nor a torch checkpoint ({_size(size)})")
 
 
@@ -189,7 +192,7 @@ def _clip_vision(keys: Mapping[str, tuple], vit_h: bool) -> str:
     return f"a {name}"
 
 
-def _storymaker(keys: Mapping[str, tuple], source: str) -> str:
+def _storymaker(keys: Mapping[str, tuple], source: str, metadata: Mapping[str, str]) -> str:
     import torch
 
     from .weights import StoryMakerWeightsError, storymaker_weights_from_state_dict
@@ -205,7 +208,7 @@ def _storymaker(keys: Mapping[str, tuple], source: str) -> str:
         else:
             nested[key] = meta(dtype, shape)
     try:
-        weights = storymaker_weights_from_state_dict(nested, source)
+        weights = storymaker_weights_from_state_dict(nested, source, metadata=metadata)  # as Load StoryMaker reads it
     except StoryMakerWeightsError as exc:
         raise _Bad(str(exc).removeprefix(f"{source}: "),
                    f"use the StoryMaker weights: mask.bin from RED-AIGC/StoryMaker or its converted .safetensors "
@@ -238,7 +241,7 @@ def inspect_file(path: str | Path, kind: str) -> Verdict:
         return Verdict(False, problem="does not exist", fix=f"put the file there ({TABLE} says where from)")
     size = path.stat().st_size
     try:
-        keys = read_keys(path, size)
+        keys, metadata = read_keys(path, size)
         if keys is None:
             return Verdict(True, found=f"an old-format torch pickle ({_size(size)}); its contents are checked when "
                                        f"it loads")
@@ -249,7 +252,7 @@ def inspect_file(path: str | Path, kind: str) -> Verdict:
         elif kind in ("clip_vision", "clip_vision_vit_h"):
             found = _clip_vision(keys, kind == "clip_vision_vit_h")
         elif kind == "storymaker":
-            found = _storymaker(keys, path.name)
+            found = _storymaker(keys, path.name, metadata)
         elif kind == "sam":
             found = _sam(keys)
         else:

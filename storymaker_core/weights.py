@@ -9,7 +9,7 @@ Every problem is reported as `StoryMakerWeightsError` naming the file and saying
 The shapes say almost everything about the model except the resampler's head width. A `.safetensors`
 file written by this pack (converted or trained) records it in its header metadata (`dim_head`), with the
 number of character slots (`max_characters`) as a check; files without metadata (the release's pickle)
-get the release's values.
+get the release's values. Why the head width matters: docs/method.md §2 and §4.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Training and fine-tuning StoryMaker (issue 5): dataset builder, trainer, export in the release layout.
+"""Training and fine-tuning StoryMaker: dataset builder, trainer, export in the release layout.
 
 Entry points (see docs/training.md):
   python -m training.prepare IMAGES OUT [--masks DIR] [--sam CKPT]   build a dataset (manifest.jsonl)

@@ -2,7 +2,7 @@
 
 Why dataclasses and not a free dict: a typo in a YAML key (`attenton_loss_weight`) must stop the run
 before hours of GPU time are spent, not be silently ignored. Every section maps to one dataclass; the
-defaults are the release's training settings (`train.sh`, release-spec.md §6) unless noted.
+defaults are the release's training settings (docs/method.md §5) unless noted.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class DataConfig:
 
 @dataclass
 class DropConfig:
-    """Null conditions (release-spec §6.3): per sample one uniform draw decides image/text/both."""
+    """Null conditions (docs/method.md §5.2): per sample one uniform draw decides image/text/both."""
 
     image: float = 0.05
     text: float = 0.20  # release 0.2, paper 0.1

@@ -1,6 +1,6 @@
 """Where the trainable weights start: the release (fine-tune), the IP-Adapter files (from scratch), or random.
 
-From scratch, the release initialises (release-spec §6.4):
+From scratch, the release initialises (docs/method.md §5.1):
 * from IP-Adapter-FaceID-PlusV2 SDXL (`ip-adapter-faceid-plusv2_sdxl.bin`): its `image_proj` (the
   `ProjPlusModel`: `proj.*`, `norm.*`, `perceiver_resampler.*`) into the same names of our resampler,
   and its `ip_adapter` dict (LoRA rank 128 on all 140 processors + `to_k_ip`/`to_v_ip` on the 70

@@ -1,6 +1,6 @@
-"""StoryMaker's training losses: the denoising MSE and the attention-mask loss (method.md §5).
+"""StoryMaker's training losses: the denoising MSE and the attention-mask loss (docs/method.md §5.3).
 
-Attention loss (release-spec §6.6), generalised so nothing SDXL-specific is hard-coded:
+Attention loss, the release's, generalised so nothing SDXL-specific is hard-coded:
 1. take the head-averaged image-branch probabilities `[B, (N+1)*T, h*w]` of the cross-attention layers
    at the UNet's lowest resolution (SDXL: down_blocks.2, mid_block, up_blocks.0 = 60 layers at 1/32);
 2. average over those layers and upsample x2 (SDXL: to 1/16 of the image), bilinear;

@@ -1,4 +1,4 @@
-"""One training micro-step: a batch -> the loss terms (method.md §5, release-spec §6.5-6.6).
+"""One training micro-step: a batch -> the loss terms (docs/method.md §5.3).
 
 Why it is separate from the loop: the same function is what the tests check (loss goes down, gradients
 reach the right weights) and what the throughput benchmark times, so all three measure one thing.

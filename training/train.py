@@ -2,7 +2,7 @@
 
 Multi-GPU / multi-node: `accelerate launch [--config_file training/configs/accelerate-8gpu.yaml] -m
 training.train --config ...`; accelerate provides DDP (or FSDP/DeepSpeed from its config), mixed
-precision and the tracker. What the release got wrong and this loop does not (release-spec §8):
+precision and the tracker. What the release got wrong and this loop does not (docs/method.md §7):
 gradients really are clipped; a failing step stops the run with its error instead of being skipped;
 a checkpoint is written once per optimiser step that asks for it, never per micro-step; any batch size
 works; the loop stops exactly at `max_steps`; resume restores weights, optimiser, LR schedule, every

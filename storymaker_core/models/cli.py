@@ -94,7 +94,7 @@ def find_comfyui(explicit: str | None) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     urls = {}
     for spec in args.url:
         key, sep, url = spec.partition("=")

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .catalog import HubSource, ModelItem, UrlSource
+from .catalog import HubSource, ModelItem
 from .errors import FetchError, NetworkUnavailable, VerificationFailed
-from .hub_download import check_bytes, download_hub_file, hub_file_info
+from .hub_download import download_hub_file, hub_file_info
 from .http_download import download, remote_size
 from .insightface_pack import unpack
 from .place import prune_staging, remove_staging, staging_dir
@@ -56,7 +56,7 @@ class Fetcher:
         self.comfyui = Path(comfyui)
         self.options = options
         self.say = say
-        self.records = Records(self.comfyui)
+        self.records = Records(self.comfyui, read_only=options.dry_run)
 
     def run(self, items: list[ModelItem]) -> list[Outcome]:
         outcomes = []
@@ -86,7 +86,7 @@ class Fetcher:
             return Outcome(item, PRESENT, f"{dest} (verified when it was fetched; --verify hashes it again)")
         try:
             size, sha256, hub_info = self._published(item)
-        except NetworkUnavailable as e:
+        except FetchError as e:  # offline, or the source is gone: a present file is still usable
             if dest.is_file():
                 return Outcome(item, PRESENT, f"{dest} (not checked: {e})")
             raise
@@ -163,7 +163,9 @@ class Fetcher:
         return Outcome(item, DOWNLOADED, f"{folder} ({', '.join(digests)})", notes=notes)
 
     def _pack_problem(self, folder: Path, members: tuple[str, ...]) -> str | None:
-        """None when every member is in place and unchanged (or, without a record, non-empty)."""
+        """None when every member is in place and unchanged, or (unzipped by hand, no record) a whole ONNX file."""
+        from ..model_files import onnx_problem  # reads the protobuf's top-level fields: catches truncation
+
         missing = [name for name in members if not (folder / name).is_file()]
         if len(missing) == len(members):
             return "missing"
@@ -172,9 +174,12 @@ class Fetcher:
         for name in members:
             path = folder / name
             record = self.records.get(path)
-            if path.stat().st_size == 0:
-                return f"{path} is empty"
-            if record is None or (self.records.unchanged(path) and not self.options.verify):
+            if record is None:
+                problem = onnx_problem(path)
+                if problem:
+                    return f"{path} {problem}"
+                continue
+            if self.records.unchanged(path) and not self.options.verify:
                 continue
             if path.stat().st_size != record.size or sha256_file(path) != record.sha256:
                 return f"{path} differs from the file unzipped earlier"
@@ -182,11 +187,13 @@ class Fetcher:
         return None
 
     def _convert(self, item: ModelItem, outcome: Outcome) -> None:
-        """``--convert``: write the half-size safetensors next to mask.bin (once)."""
+        """``--convert``: write the half-size safetensors next to mask.bin, again only when mask.bin changed."""
         source = self.comfyui / item.folder / item.name
         target = source.with_name(CONVERTED_NAME)
-        if target.is_file() and self.records.unchanged(target):
-            outcome.notes.append(f"{target} already converted")
+        source_record, target_record = self.records.unchanged(source), self.records.unchanged(target)
+        made_from = f"converted from {source.name} sha256 {source_record.sha256}" if source_record else None
+        if target_record is not None and target_record.source == made_from:
+            outcome.notes.append(f"{target} already converted from this {source.name}")
             return
         if self.options.dry_run:
             outcome.notes.append(f"would convert to {target} (fp16)")
@@ -195,11 +202,12 @@ class Fetcher:
         from ..weights import StoryMakerWeightsError
 
         try:
-            convert(str(source), str(target), "fp16")
+            metadata = convert(str(source), str(target), "fp16")
         except StoryMakerWeightsError as e:
             outcome.status, outcome.detail = FAILED, f"converting {source}: {e}"
             return
-        self.records.put(target, sha256_file(target), f"converted from {source.name}")
+        made_from = f"converted from {source.name} sha256 {metadata['source_sha256']}"
+        self.records.put(target, sha256_file(target), made_from)
         outcome.notes.append(f"converted to {target} (fp16; the Load StoryMaker node reads either file)")
 
 

@@ -2,7 +2,9 @@
 
 Used for the release hosts (GitHub releases, Meta's CDN); Hugging Face files go through huggingface_hub.
 A cut connection is resumed in the same run (a few tries); a run that was stopped leaves ``dest.part``
-behind and the next run continues from its end. The final name only ever holds a complete file.
+behind and the next run continues from its end, with ``If-Range`` (the ETag or Last-Modified of the first
+response, kept in ``dest.part.version``) so that a file changed on the server in between is fetched
+whole instead of glued onto the old part. The final name only ever holds a complete file.
 """
 
 from __future__ import annotations
@@ -32,28 +34,49 @@ def _is_unreachable(error: BaseException) -> bool:
 
 
 def remote_size(url: str, timeout: float = 20.0) -> int | None:
-    """The file's size from a HEAD request (after redirects), or None when the host does not say.
+    """The file's size, or None when the host does not say: HEAD, else (hosts whose signed redirect URLs
+    refuse HEAD) a GET of its first byte, whose Content-Range carries the total.
 
     Raises:
         NetworkUnavailable: the host cannot be reached.
         FetchError: the host answers with an HTTP error (404, 403...).
     """
-    request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD", headers={"User-Agent": USER_AGENT}),
+                                    timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             return int(length) if length and length.isdigit() else None
+    except urllib.error.HTTPError as e:
+        if e.code not in (403, 405, 501):
+            raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise NetworkUnavailable(f"cannot reach {url}: {getattr(e, 'reason', e)}") from e
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Range": "bytes=0-0"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return _total_from(response, 0)[1]
     except urllib.error.HTTPError as e:
         raise FetchError(f"{url}: HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, OSError) as e:
         raise NetworkUnavailable(f"cannot reach {url}: {getattr(e, 'reason', e)}") from e
 
 
-def _open(url: str, start: int, timeout: float):
+def _open(url: str, start: int, timeout: float, validator: str | None):
+    """GET from ``start``; with ``If-Range`` the server sends the whole file instead if it has changed since."""
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if start:
         headers["Range"] = f"bytes={start}-"
+        if validator:
+            headers["If-Range"] = validator
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+
+
+def _validator(response) -> str | None:
+    """The response's strong ETag, else its Last-Modified: what identifies this version of the file."""
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified")
 
 
 def _total_from(response, start: int) -> tuple[int, int | None]:
@@ -84,20 +107,26 @@ def download(url: str, dest: str | Path, *, expected_size: int | None = None, tr
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    version = dest.with_name(dest.name + ".part.version")  # which file version .part holds (for If-Range)
     total = expected_size
     last_error: BaseException | None = None
     bar = None
     try:
         for attempt in range(1, tries + 1):
             start = part.stat().st_size if part.exists() else 0
+            validator = version.read_text(encoding="utf-8").strip() if start and version.is_file() else None
             if total is not None and start == total:
                 break
             if total is not None and start > total:  # a .part from another version of the file
                 part.unlink()
                 start = 0
             try:
-                with _open(url, start, timeout) as response:
+                with _open(url, start, timeout, validator) as response:
                     offset, server_total = _total_from(response, start)
+                    if offset == 0 and _validator(response):
+                        version.write_text(_validator(response), encoding="utf-8")
+                    elif offset == 0:
+                        version.unlink(missing_ok=True)
                     if total is not None and server_total is not None and server_total != total:
                         raise VerificationFailed(f"{url}: the server says {server_total} bytes, expected {total}")
                     total = total if total is not None else server_total
@@ -139,4 +168,5 @@ def download(url: str, dest: str | Path, *, expected_size: int | None = None, tr
     if total is not None and size != total:
         raise VerificationFailed(f"{url}: got {size} bytes, expected {total}; run again to resume")
     os.replace(part, dest)
+    version.unlink(missing_ok=True)
     return dest

@@ -41,19 +41,22 @@ def _endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
 
+def _chain(error: BaseException):
+    """The error and the errors it was raised from."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def _is_connection_error(error: BaseException) -> bool:
-    seen = error
-    while seen is not None:
-        if type(seen).__name__ in _CONNECTION_ERRORS or isinstance(seen, (ConnectionError, socket.gaierror)):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(type(e).__name__ in _CONNECTION_ERRORS or isinstance(e, (ConnectionError, socket.gaierror))
+               for e in _chain(error))
 
 
 def _explain(error: BaseException, source: HubSource, url: str) -> FetchError:
     """The Hub's exceptions, in words that say what to do."""
-    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.utils import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                       RepositoryNotFoundError, RevisionNotFoundError)
 
     if isinstance(error, GatedRepoError):
         return FetchError(f"{source.repo_id} is gated: accept its terms on https://huggingface.co/{source.repo_id} "
@@ -65,6 +68,8 @@ def _explain(error: BaseException, source: HubSource, url: str) -> FetchError:
         return FetchError(f"{url}: revision {source.revision} not found in {source.repo_id}")
     if isinstance(error, EntryNotFoundError) and not _is_connection_error(error):
         return FetchError(f"{url}: {source.filename} not found in {source.repo_id}")
+    if any(type(e).__name__ == "OfflineModeIsEnabled" for e in _chain(error)):
+        return NetworkUnavailable("HF_HUB_OFFLINE is set, so huggingface_hub makes no request; unset it to download")
     if _is_connection_error(error):
         where = _endpoint() or "https://huggingface.co"
         return NetworkUnavailable(f"cannot reach the Hugging Face Hub at {where} ({type(error).__name__}); "

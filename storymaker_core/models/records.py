@@ -45,8 +45,9 @@ class FileRecord:
 class Records:
     """The JSON file of :class:`FileRecord` keyed by path relative to the ComfyUI folder."""
 
-    def __init__(self, comfyui: Path):
+    def __init__(self, comfyui: Path, read_only: bool = False):
         self.comfyui = Path(comfyui)
+        self.read_only = read_only  # --dry-run writes nothing
         self.path = self.comfyui / "models" / RECORDS_NAME
         self._data: dict[str, dict] = {}
         if self.path.is_file():
@@ -83,6 +84,8 @@ class Records:
             self._save()
 
     def _save(self) -> None:
+        if self.read_only:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".part")
         tmp.write_text(json.dumps(self._data, indent=1, sort_keys=True), encoding="utf-8")

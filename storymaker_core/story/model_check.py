@@ -53,6 +53,8 @@ def model_files(labelled: Iterable[tuple[str, dict]]) -> dict[ModelFile, list[tu
                 if target is None or is_link(value) or not isinstance(value, str):
                     continue
                 folder, kind = target
+                if kind != "insightface_pack" and "." not in value:
+                    continue  # not a file: VAELoader's built-in "taesdxl", "pixel_space"...
                 needs, stricter = STRICTER.get(kind, (None, kind))
                 if needs in types:
                     kind = stricter

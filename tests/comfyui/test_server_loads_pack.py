@@ -5,7 +5,6 @@ Needs COMFYUI_PATH (a ComfyUI v0.14.1 source tree) and its requirements in this 
 """
 
 import json
-import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -14,9 +13,7 @@ from pathlib import Path
 import pytest
 
 from support.comfyui import REPO, comfyui_server
-
-sys.path.insert(0, str(REPO / "tests" / "core"))
-from test_model_files import SD15_KEYS, SDXL_KEYS, write_safetensors  # noqa: E402
+from support.model_headers import SD15_KEYS, SDXL_KEYS, write_safetensors
 
 pytestmark = pytest.mark.comfyui
 

@@ -1,15 +1,12 @@
 """Model files judged from their headers: every usual failed download, and files of the wrong kind.
 
-Files are written by the tests with the real formats and the real key names and shapes, but cost almost
-nothing: a `.safetensors` file's data is a sparse hole of the right size (the header is what is read), and a
-torch `.bin` holds zero-stride tensors (the release's shapes, one stored value each).
+Files are written with the real formats and the real key names and shapes, at almost no cost
+(tests/support/model_headers.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import struct
 from pathlib import Path
 
 import pytest
@@ -17,52 +14,8 @@ import torch
 
 from storymaker_core.model_files import inspect, inspect_file, inspect_insightface_pack
 from support import release_layout
-
-BYTES = {"F16": 2, "F32": 4}
-
-
-def write_safetensors(path: Path, tensors: dict, dtype: str = "F16") -> Path:
-    """A valid `.safetensors` file per the format spec (u64 header length, JSON header, data); data is zeros."""
-    header, offset = {}, 0
-    for name, shape in tensors.items():
-        n = BYTES[dtype]
-        for d in shape:
-            n *= d
-        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        f.truncate(8 + len(raw) + offset)  # sparse: no disk used for the zeros
-    return path
-
-
-def torch_bin(path: Path, nested: dict) -> Path:
-    """`torch.save` of ``{section: {key: shape}}`` as zero-stride fp16 tensors (the shapes, one value each)."""
-    def tensor(shape):
-        return torch.zeros(1, dtype=torch.float16).expand(*shape) if shape else torch.zeros((), dtype=torch.float16)
-    torch.save({s: {k: tensor(tuple(v)) for k, v in keys.items()} for s, keys in nested.items()}, path)
-    return path
-
-
-UNET = "model.diffusion_model."
-SDXL_KEYS = {f"{UNET}label_emb.0.0.weight": (1280, 2816),
-             f"{UNET}input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": (640, 2048),
-             f"{UNET}middle_block.1.transformer_blocks.0.attn2.to_k.weight": (1280, 2048),
-             "conditioner.embedders.1.model.ln_final.weight": (1280,)}
-SD15_KEYS = {f"{UNET}input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
-             f"{UNET}middle_block.1.transformer_blocks.0.attn2.to_k.weight": (1280, 768),
-             "cond_stage_model.transformer.text_model.final_layer_norm.weight": (768,)}
-
-
-def clip_vision_keys(width: int, layers: int) -> dict:
-    keys = {"vision_model.embeddings.patch_embedding.weight": (width, 3, 14, 14),
-            "vision_model.embeddings.class_embedding": (width,)}
-    keys.update({f"vision_model.encoder.layers.{i}.layer_norm1.weight": (width,) for i in range(layers)})
-    return keys
-
+from support.model_headers import (SD15_KEYS, SDXL_KEYS, clip_vision_keys, field, onnx_model, torch_bin,
+                                   write_safetensors)
 
 def release_flat() -> dict:
     layout = release_layout()
@@ -173,6 +126,14 @@ def test_release_layout_storymaker_bin_and_safetensors_pass(tmp_path):
     assert flat.ok and "140 attention layers" in flat.found, flat
 
 
+def test_storymaker_safetensors_metadata_is_checked_as_the_loader_does(tmp_path):
+    path = tmp_path / "mine.safetensors"
+    assert inspect_file(write_safetensors(path, release_flat(), metadata={"dim_head": "64",
+                                                                          "max_characters": "3"}), "storymaker").ok
+    verdict = inspect_file(write_safetensors(path, release_flat(), metadata={"max_characters": "5"}), "storymaker")
+    assert not verdict.ok and "5 character slots" in verdict.problem, verdict
+
+
 def test_non_storymaker_bin_is_named(tmp_path):
     ip_adapter_plus = {"image_proj": {"latents": (1, 16, 1280), "proj_in.weight": (1280, 1280)},
                        "ip_adapter": {"1.to_k_ip.weight": (640, 2048), "1.to_v_ip.weight": (640, 2048)}}
@@ -198,26 +159,6 @@ def test_sam_checkpoint_and_its_variant(tmp_path):
 
 
 # -- InsightFace --------------------------------------------------------------------------------------
-
-def _varint(n: int) -> bytes:
-    out = b""
-    while True:
-        out += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
-        n >>= 7
-        if not n:
-            return out
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def onnx_model(graph_bytes: int = 300) -> bytes:
-    """A ModelProto (onnx.proto field numbers): ir_version=8, producer_name, graph{name, doc}, opset_import."""
-    graph = _field(2, b"g") + _field(10, b"x" * graph_bytes)
-    opset = _field(1, b"") + b"\x10\x0d"
-    return b"\x08\x08" + _field(2, b"test") + _field(7, graph) + _field(8, opset)
-
 
 BUFFALO = ("1k3d68.onnx", "2d106det.onnx", "det_10g.onnx", "genderage.onnx", "w600k_r50.onnx")
 
@@ -251,7 +192,7 @@ def test_pack_without_arcface_is_incomplete(tmp_path):
 
 @pytest.mark.parametrize("damage, says", [(lambda b: b[:-50], "truncated"), (lambda b: b"", "empty"),
                                           (lambda b: LFS, "Git LFS pointer"),
-                                          (lambda b: b"\x08\x08" + _field(2, b"x"), "no graph")])
+                                          (lambda b: b"\x08\x08" + field(2, b"x"), "no graph")])
 def test_damaged_onnx_in_the_pack_is_named(tmp_path, damage, says):
     folder = write_pack(tmp_path)
     (folder / "genderage.onnx").write_bytes(damage(onnx_model()))
@@ -266,3 +207,29 @@ def test_nested_unzip_mistake_is_accepted_like_the_loader_does(tmp_path):
     for f in BUFFALO:
         (nested / f).write_bytes(onnx_model())
     assert inspect_insightface_pack(tmp_path, "buffalo_l").ok
+
+
+def test_real_onnx_models_pass_and_a_truncated_one_does_not(tmp_path):
+    pytest.importorskip("onnx")
+    from fixtures.tiny_insightface import write_tiny_insightface
+
+    root = write_tiny_insightface(tmp_path / "insightface")
+    assert inspect_insightface_pack(root, "buffalo_l").ok
+    detector = root / "models" / "buffalo_l" / "det_10g.onnx"
+    detector.write_bytes(detector.read_bytes()[:-100])
+    verdict = inspect_insightface_pack(root, "buffalo_l")
+    assert not verdict.ok and "det_10g.onnx is not a complete ONNX model" in verdict.problem
+
+
+def test_ckpt_zip_with_a_state_dict_is_read_like_safetensors(tmp_path):
+    good = inspect_file(torch_bin(tmp_path / "xl.ckpt", {"state_dict": SDXL_KEYS}), "sdxl_checkpoint")
+    assert good.ok and "SDXL checkpoint" in good.found
+    bad = inspect_file(torch_bin(tmp_path / "v1-5.ckpt", {"state_dict": SD15_KEYS}), "sdxl_checkpoint")
+    assert not bad.ok and "SD1.5" in bad.problem
+
+
+def test_old_format_pickle_is_left_to_the_loader_not_loaded(tmp_path):
+    path = tmp_path / "old.pth"
+    torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False)
+    verdict = inspect_file(path, "sam")
+    assert verdict.ok and "old-format torch pickle" in verdict.found

@@ -43,7 +43,7 @@ def test_tokens_equal_the_authors_module(release_resampler, golden, n):
     assert torch.equal(uncond[0], release_resampler.bg_embed[0])  # the release keeps bg_embed in the negative
 
 
-# ---- independent float64 reference, written from the equations in docs (method.md section 2) ----
+# ---- independent float64 reference, written from the equations in docs/method.md §2 ----
 
 def ref_layer_norm(x, w, b):
     mean = x.mean(-1, keepdim=True)

@@ -2,9 +2,10 @@
 
 Hub: ``HEAD/GET /{repo_id}/resolve/{revision}/{filename}`` with the headers huggingface_hub reads
 (``X-Repo-Commit``, ``ETag``/``X-Linked-Etag`` = the LFS sha256, ``X-Linked-Size``, ``Content-Length``)
-and Range support. Release host: ``HEAD/GET /releases/{name}`` with Range support. ``cut_next(path)``
+and Range support. Release host: ``HEAD/GET /releases/{name}`` with Range, ETag and If-Range support. ``cut_next(path)``
 makes the next GET of ``path`` send half the body and drop the connection; ``ignore_range`` makes the
-server answer every Range request with the whole file (200), as some hosts do.
+server answer every Range request with the whole file (200), as some hosts do; ``refuse_head`` answers
+HEAD on the release host with 403, as signed download URLs do.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ class FakeHosts:
         self.releases: dict[str, bytes] = {}       # "name" -> bytes
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.authorization: list[str | None] = []  # the Authorization header of each request
+        self.statuses: list[tuple[str, int]] = []  # (path, status) of each GET that found its file
         self.cut: set[str] = set()
         self.ignore_range = False
+        self.refuse_head = False  # release host: 403 to HEAD, like signed redirect URLs that allow GET only
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -66,7 +69,8 @@ class FakeHosts:
                           "X-Linked-Size": str(len(data)), "Accept-Ranges": "bytes"}
         match = re.fullmatch(r"/releases/(.+)", path)
         if match and match.group(1) in self.releases:
-            return self.releases[match.group(1)], {"Accept-Ranges": "bytes"}
+            data = self.releases[match.group(1)]
+            return data, {"Accept-Ranges": "bytes", "ETag": f'"{hashlib.sha256(data).hexdigest()[:16]}"'}
         return None
 
     def _handler(self):
@@ -95,6 +99,11 @@ class FakeHosts:
                     cut = body and path in hosts.cut
                     if cut:
                         hosts.cut.discard(path)
+                if not body and hosts.refuse_head and path.startswith("/releases/"):
+                    self.send_response(403)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if found is None:
                     self.send_response(404)
                     self.send_header("X-Error-Code", "EntryNotFound")
@@ -105,7 +114,8 @@ class FakeHosts:
                 data, headers = found
                 start = 0
                 match = re.fullmatch(r"bytes=(\d+)-", requested_range or "")
-                if match and not hosts.ignore_range:
+                if_range = self.headers.get("If-Range")
+                if match and not hosts.ignore_range and if_range in (None, headers.get("ETag")):
                     start = int(match.group(1))
                     if start >= len(data):
                         self.send_response(416)
@@ -114,9 +124,13 @@ class FakeHosts:
                         self.end_headers()
                         return
                     self.send_response(206)
+                    if body:
+                        hosts.statuses.append((path, 206))
                     self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
                 else:
                     self.send_response(200)
+                    if body:
+                        hosts.statuses.append((path, 200))
                 for name, value in headers.items():
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data) - start))

@@ -39,3 +39,20 @@ def test_select_keeps_table_order_and_rejects_unknown_names():
     with pytest.raises(ValueError, match="HF_ENDPOINT"):
         select(urls={"sdxl": "http://mirror/x"})
     assert select(["sam"], urls={"sam": "http://mirror/sam.pth"})[0].source == UrlSource("http://mirror/sam.pth")
+
+
+def test_the_names_the_example_workflows_load_are_the_names_fetch_writes():
+    import json
+
+    fields = {"ckpt_name": "sdxl", "clip_name": "clip_vision", "storymaker_file": "storymaker",
+              "control_net_name": "controlnet", "sam_file": "sam", "model_name": "insightface"}
+    names = {item.key: item.name for item in ITEMS}
+    used = set()
+    for path in (README.parent / "workflows" / "api").glob("*.api.json"):
+        for node in json.loads(path.read_text(encoding="utf-8")).values():
+            for field, key in fields.items():
+                value = node.get("inputs", {}).get(field)
+                if isinstance(value, str):
+                    assert value == names[key], f"{path.name}: {field} = {value!r}, fetch writes {names[key]!r}"
+                    used.add(key)
+    assert used == set(fields.values())  # every fetched model is used by some example

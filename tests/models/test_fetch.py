@@ -27,7 +27,7 @@ def served(hosts, item) -> bytes:
 def leftovers(comfyui) -> list[str]:
     """Partial or staging files anywhere under models/ (there must be none after a finished run)."""
     return sorted(str(p.relative_to(comfyui)) for p in (comfyui / "models").rglob("*")
-                  if p.name.endswith((".part", ".incomplete")) or p.name == ".storymaker-download")
+                  if p.name.endswith((".part", ".part.version", ".incomplete")) or p.name == ".storymaker-download")
 
 
 def test_fresh_download_puts_every_file_under_the_name_the_workflows_use(comfyui, hosts, onnx_files, capsys):
@@ -43,6 +43,7 @@ def test_fresh_download_puts_every_file_under_the_name_the_workflows_use(comfyui
     assert (comfyui / "models/clip_vision/CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors").is_file()
     assert (comfyui / "models/controlnet/controlnet-openpose-sdxl-1.0.safetensors").is_file()
     assert leftovers(comfyui) == []  # no partial file, no staging folder, no zip kept
+    assert len(hosts.gets(f"/resolve/{COMMIT}/")) == 4  # Hub files: pinned to the commit the HEAD reported
     assert "all 6 model(s) in place" in capsys.readouterr().out
 
 
@@ -182,12 +183,24 @@ def test_list_prints_sources_and_folders_without_network(hosts, capsys):
     assert hosts.log == []
 
 
-def test_dry_run_reports_and_writes_nothing(comfyui, hosts, capsys):
+@pytest.mark.parametrize("refuse_head", [False, True])
+def test_dry_run_reports_sizes_and_writes_nothing(comfyui, hosts, capsys, refuse_head):
+    hosts.refuse_head = refuse_head  # then the size comes from a one-byte ranged GET
     assert fetch(comfyui, hosts, "--dry-run", "--accept-insightface-license") == 0
     out = capsys.readouterr().out
-    assert out.count("would download") == 6 and "146.5 KiB" in out  # sizes from the hosts' HEAD answers
-    assert hosts.gets() == []
+    assert out.count("would download") == 6
+    assert "146.5 KiB" in out and "117.2 KiB" in out  # a Hub file's size, and the release host's sam file
+    assert all(rng == "bytes=0-0" for _, _, rng in hosts.gets())  # no body transferred
     assert list((comfyui / "models").rglob("*")) == []
+
+
+def test_dry_run_does_not_record_a_file_it_hashed(comfyui, hosts):
+    item = next(item for item in ITEMS if item.key == "sdxl")
+    target = comfyui / item.folder / item.name
+    target.parent.mkdir(parents=True)
+    target.write_bytes(served(hosts, item))
+    assert fetch(comfyui, hosts, "--dry-run", "--only", "sdxl") == 0
+    assert not (comfyui / "models/.storymaker-models.json").exists()
 
 
 def test_a_partial_file_from_a_stopped_run_is_continued(comfyui, hosts):
@@ -250,7 +263,13 @@ def test_convert_writes_the_half_size_safetensors_right_after_the_download(comfy
     assert torch.equal(tensors["ip_adapter.1.to_k_ip.weight"], original.ip_adapter["1.to_k_ip.weight"].half())
     assert "converted to" in capsys.readouterr().out
     assert fetch(comfyui, hosts, "--only", "storymaker", "--convert") == 0  # second run: nothing to do
-    assert "already converted" in capsys.readouterr().out
+    assert "already converted from this mask.bin" in capsys.readouterr().out
+    state["ip_adapter"]["1.to_k_ip.weight"] = state["ip_adapter"]["1.to_k_ip.weight"] + 1  # a new release
+    torch.save(state, mask_bin)
+    hosts.hub[f"{item.source.repo_id}/{item.source.filename}"] = mask_bin.read_bytes()
+    assert fetch(comfyui, hosts, "--only", "storymaker", "--convert", "--verify") == 0
+    assert torch.equal(load_file(converted)["ip_adapter.1.to_k_ip.weight"],
+                       state["ip_adapter"]["1.to_k_ip.weight"].half())  # converted again from the new file
 
 
 def test_the_hub_token_is_sent_and_hf_endpoint_is_read_at_run_time(comfyui, hosts, monkeypatch):
@@ -284,3 +303,39 @@ def test_a_pack_without_the_expected_onnx_files_is_refused_and_not_kept(comfyui,
     assert fetch(comfyui, hosts, "--only", "insightface", "--accept-insightface-license") == 1
     assert "the zip lacks genderage.onnx" in capsys.readouterr().out
     assert leftovers(comfyui) == []  # the bad zip is not resumed next time
+
+
+def test_a_pack_unzipped_by_hand_with_a_broken_file_is_fetched_again(comfyui, hosts, onnx_files, capsys):
+    folder = comfyui / "models/insightface/models/buffalo_l"
+    folder.mkdir(parents=True)
+    for name in ONNX_NAMES:  # what a blocked download often leaves: a saved web page under each name
+        (folder / name).write_bytes(b"<!DOCTYPE html><html><body>Sign in to continue</body></html>")
+    assert fetch(comfyui, hosts, "--only", "insightface", "--accept-insightface-license") == 0
+    assert "1k3d68.onnx is a web page" in capsys.readouterr().out
+    assert all((folder / name).read_bytes() == data for name, data in onnx_files.items())
+
+
+def test_hf_hub_offline_is_reported_as_such(comfyui, hosts, monkeypatch, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # read once at import; the env var is the same flag
+    assert fetch(comfyui, hosts, "--only", "sdxl") == 1
+    assert "HF_HUB_OFFLINE is set" in capsys.readouterr().out
+    assert hosts.log == []
+
+
+@pytest.mark.parametrize("same_version", [True, False])
+def test_a_partial_file_is_resumed_only_if_the_server_still_has_that_version(comfyui, hosts, same_version):
+    item = next(item for item in ITEMS if item.key == "sam")
+    new = served(hosts, item)
+    old = new if same_version else payload("old release", 120_000)
+    part = comfyui / item.folder / (item.name + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(old[:50_000])
+    etag = f'"{hashlib.sha256(old).hexdigest()[:16]}"'  # what the host sent when .part was started
+    (comfyui / item.folder / (item.name + ".part.version")).write_text(etag)
+    assert fetch(comfyui, hosts, "--only", "sam") == 0
+    assert [entry[2] for entry in hosts.gets(item.name)] == ["bytes=50000-"]
+    assert [status for path, status in hosts.statuses if path.endswith(item.name)] == [206 if same_version else 200]
+    assert (comfyui / item.folder / item.name).read_bytes() == new
+    assert leftovers(comfyui) == [] and not (comfyui / item.folder / (item.name + ".part.version")).exists()

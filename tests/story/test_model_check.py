@@ -17,12 +17,11 @@ from storymaker_core.story.client import ComfyClient
 from storymaker_core.story.errors import CannotInspectModels, ModelFilesUnusable
 from storymaker_core.story.model_check import check_model_files, model_files
 from storymaker_core.story.server import comfyui_output_dir
+from support.model_headers import SD15_KEYS, SDXL_KEYS, clip_vision_keys, write_safetensors
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "workflows" / "api" / "story-template-one-character.api.json"
 FAST = ["--poll-interval", "0.05", "--connect-timeout", "2", "--request-timeout", "5"]
-sys.path.insert(0, str(REPO / "tests" / "core"))
-from test_model_files import SD15_KEYS, SDXL_KEYS, clip_vision_keys, write_safetensors  # noqa: E402
 
 
 def cli(story, *args) -> int:
@@ -36,6 +35,12 @@ def test_the_template_loads_four_model_files_with_storymakers_requirements():
         ("clip_vision", "CLIP-ViT-H-14-laion2B-s32B-b79K.safetensors", "clip_vision_vit_h"),
         ("storymaker", "mask.bin", "storymaker"),
         ("insightface", "buffalo_l", "insightface_pack")}
+
+
+def test_built_in_vae_names_are_not_files():
+    prompt = {"1": {"class_type": "VAELoader", "inputs": {"vae_name": "taesdxl"}},
+              "2": {"class_type": "VAELoader", "inputs": {"vae_name": "sdxl_vae.safetensors"}}}
+    assert [f.name for f in model_files([("01-a", prompt)])] == ["sdxl_vae.safetensors"]
 
 
 def placeholder_install(root: Path) -> Path:

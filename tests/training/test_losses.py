@@ -8,7 +8,7 @@ from training.losses import attention_mask_loss, diffusion_loss, layer_level, le
 
 
 def release_style_loss(probs, masks_latent, h32, w32, tokens=20):
-    """The release's loop (release-spec §6.6), written out per layer and per character, float64, B=1."""
+    """The release's loop (docs/method.md §5.3), written out per layer and per character, float64, B=1."""
     masks16 = F.interpolate(masks_latent.double(), scale_factor=0.5, mode="bilinear", align_corners=False)
     n = masks16.shape[1]
     bg_mask = 1 - masks16.sum(1).clamp(0, 1)
