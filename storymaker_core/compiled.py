@@ -93,6 +93,8 @@ def compiled_layer_forward(key: tuple, q: Tensor, k: Tensor, v: Tensor, extra_op
     q `[B, Lq, hidden]`, k/v `[B, Lk, hidden]` -> `[B, Lq, hidden]`; inactive steps have scale 0.
     """
     plan = _PLAN
+    import os
+    if os.environ.get("SMDBG"): print("SMDBG traced", key, len(plan))
     if not plan:
         raise RuntimeError(NO_PLAN)
     heads = extra_options["n_heads"]

@@ -154,7 +154,7 @@ def read_keys(path: Path, size: int) -> tuple[dict[str, tuple[str, tuple[int, ..
 
 # -- what the keys say ------------------------------------------------------------------------------
 
-_CONTEXT = {768: "SD1.5", 1024: "SD2.x", 1280: "the SDXL refiner", 2048: "SDXL"}
+_CONTEXT = {768: "an SD1.5", 1024: "an SD2.x", 1280: "an SDXL refiner", 2048: "an SDXL"}
 
 
 def _checkpoint(keys: Mapping[str, tuple], sdxl: bool) -> str:
@@ -164,13 +164,16 @@ def _checkpoint(keys: Mapping[str, tuple], sdxl: bool) -> str:
         raise _Bad("is not a full Stable Diffusion checkpoint (no 'model.diffusion_model.' UNet weights; a LoRA, "
                    "a UNet-only or a diffusers file?)", f"put a full SDXL checkpoint in models/checkpoints ({TABLE})")
     dims = sorted({shape[1] for k, (_, shape) in unet.items() if k.endswith("attn2.to_k.weight") and len(shape) == 2})
-    name = _CONTEXT.get(dims[0], f"context {dims[0]}") if len(dims) == 1 else "not a UNet with cross-attention"
+    if len(dims) == 1:
+        name = _CONTEXT.get(dims[0], f"a cross-attention-{dims[0]}")
+    else:
+        name = "a non-SDXL"  # no UNet cross-attention (SD3, Flux...) or a mix of widths
     if not sdxl:
-        return f"a {name} checkpoint"
+        return f"{name} checkpoint"
     if dims == [2048] and any(k.startswith("model.diffusion_model.label_emb.") for k in unet):
         return "an SDXL checkpoint"
-    raise _Bad(f"is {'an' if name[0] in 'S' else 'a'} {name} checkpoint, but StoryMaker needs SDXL (cross-attention "
-               f"context 2048; this one has {dims or 'none'})",
+    raise _Bad(f"is {name} checkpoint, but StoryMaker needs SDXL (UNet cross-attention width 2048 and a "
+               f"label_emb; this one has width {dims or 'none'})",
                f"use an SDXL checkpoint such as sd_xl_base_1.0.safetensors ({TABLE})")
 
 

@@ -1,4 +1,4 @@
-"""Fixtures, and the summary of measured errors (see `support.measured`)."""
+"""Fixtures, and the summary of measured errors (see `support.measured`; `scripts/correctness_table.py` reads it)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def pytest_terminal_summary(terminalreporter):
     if MEASURED:
         terminalreporter.section("measured errors (relative unless noted)")
         for name, value, tolerance in MEASURED:
-            terminalreporter.write_line(f"{name:<72} {value:.2e}  (tolerance {tolerance:.0e})")
+            terminalreporter.write_line(f"{name:<72} {value:.2e}  (tolerance {tolerance:.3g})")
 
 
 @pytest.fixture(scope="session")

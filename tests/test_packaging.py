@@ -21,14 +21,15 @@ def pyproject() -> dict:
     return tomllib.loads((REPO / "pyproject.toml").read_text())
 
 
-def requirement_names(lines) -> list:
-    names = [re.match(r"[A-Za-z0-9._-]+", line.split("#")[0].strip()) for line in lines]
-    return [m[0].lower().replace("_", "-") for m in names if m]
+def requirements(lines) -> list:
+    """Requirement specifiers without comments or spaces, names normalised (`open_clip_torch` = `open-clip-torch`)."""
+    specs = [line.split("#")[0].replace(" ", "") for line in lines]
+    return [re.sub(r"^[A-Za-z0-9._-]+", lambda m: m[0].lower().replace("_", "-"), spec) for spec in specs if spec]
 
 
 def test_dependencies_are_the_ones_comfyui_manager_installs():
-    declared = requirement_names(pyproject()["project"]["dependencies"])
-    assert declared == requirement_names((REPO / "requirements.txt").read_text().splitlines())
+    declared = requirements(pyproject()["project"]["dependencies"])
+    assert declared == requirements((REPO / "requirements.txt").read_text().splitlines())
 
 
 def test_comfy_registry_metadata_is_complete():
@@ -86,3 +87,11 @@ def test_pip_install_gives_the_console_scripts_and_no_generic_top_level_modules(
                                                "print(storymaker_core.__file__); print(storymaker_training.__file__)"],
                            check=True, capture_output=True, text=True, cwd=tmp_path).stdout.split()
     assert all(Path(f).is_relative_to(site) for f in where), where  # the installed copy, not the repository
+
+
+def test_training_imports_itself_relatively():
+    """Installed, `training/` is `storymaker_training`: an absolute `training.` import would fail there."""
+    absolute = [f"{path.name}:{n}: {line.strip()}" for path in sorted((REPO / "training").rglob("*.py"))
+                for n, line in enumerate(path.read_text().splitlines(), 1)
+                if re.match(r"\s*(from|import)\s+training\b", line)]
+    assert not absolute, absolute

@@ -5,6 +5,9 @@ Entry points (see docs/training.md):
   python -m training.toy OUT                                         a toy dataset (no photos, no models)
   python -m training.train --config training/configs/tiny-cpu.yaml   train (accelerate launch for many GPUs)
   python -m training.export --checkpoint RUN/checkpoints/step-N --output storymaker.safetensors
+Installed with `pip install .[train]`, this package is `storymaker_training` (never a top-level `training`)
+and the commands are `storymaker-prepare`, `storymaker-train`, `storymaker-export`; hence relative imports
+inside it.
 
 Modules, one job each: `config` (YAML -> dataclasses), `synthetic` (random SDXL-shaped models),
 `components` (frozen base models and encoders), `processors` (LoRA + image-branch attention processors),

@@ -156,7 +156,7 @@ def checkpoint_dim_head(checkpoint: str) -> int:
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="storymaker-export", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder (RUN/checkpoints/step-NNNNNN)")
     parser.add_argument("--output", required=True, help="target .safetensors (or .bin for the release's head width)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")

@@ -204,18 +204,27 @@ def test_templates_with_mask_nodes_get_whole_image_masks(dataset, tmp_path):
 def test_unusable_templates_are_refused_before_writing(dataset, tmp_path):
     with pytest.raises(TemplateError, match="shots with 1 character"):
         convert_dataset(dataset, tmp_path / "a", ConvertOptions(templates={1: API / "story-template-two-characters-sam.api.json"}))
-    no_mask = json.loads((API / "story-template-one-character.api.json").read_text())
-    mask_node = next(n for n in no_mask.values() if n["class_type"] == "StoryMakerCharacterFromImage")["inputs"].pop("mask")
-    del no_mask[mask_node[0]]
-    (tmp_path / "nomask.api.json").write_text(json.dumps(no_mask))
-    with pytest.raises(TemplateError, match="neither a mask:1 node nor Segment Anything"):
-        convert_dataset(dataset, tmp_path / "b", ConvertOptions(templates={1: tmp_path / "nomask.api.json"}))
     old = json.loads((API / "story-template-one-character-sam.api.json").read_text())
     del next(n for n in old.values() if n["class_type"] == "StoryMakerCharacterFromImage")["inputs"]["identity"]
     (tmp_path / "old.api.json").write_text(json.dumps(old))
     with pytest.raises(TemplateError, match="no `identity` input"):
         convert_dataset(dataset, tmp_path / "c", ConvertOptions(templates={1: tmp_path / "old.api.json"}))
-    assert not any((tmp_path / d).exists() for d in "abc")
+    assert not any((tmp_path / d).exists() for d in "ac")
+
+
+def test_templates_without_sam_or_masks_convert_and_flag_faces(dataset, tmp_path):
+    """No mask and no Segment Anything: the character node uses the whole reference for a character
+    without a face and refuses one with a face, so the people (identity auto) in such slots are reported."""
+    bare = json.loads((API / "story-template-one-character.api.json").read_text())
+    mask_link = next(n for n in bare.values() if n["class_type"] == "StoryMakerCharacterFromImage")["inputs"].pop("mask")
+    del bare[mask_link[0]]
+    (tmp_path / "bare.api.json").write_text(json.dumps(bare))
+    summary = convert_dataset(dataset, tmp_path / "out", ConvertOptions(stories=["01"], templates={1: tmp_path / "bare.api.json"}))
+    flagged = [p for p in summary.problems if "neither Segment Anything nor a mask node" in p]
+    assert [p.split(":")[0] for p in flagged] == ["shot 01/2", "shot 01/7"]  # Ava; the rabbit (shot 6) is fine
+    story = load_story(tmp_path / "out" / "01" / "story.yaml")
+    assert all(m.mask is None for m in story.cast.values())
+    assert len(plan_story(story)) == 7
 
 
 def test_cli_convert_chinese_lite(dataset, tmp_path, capsys):
@@ -232,3 +241,42 @@ def test_cli_convert_chinese_lite(dataset, tmp_path, capsys):
         with pytest.raises(SystemExit):
             main(["convert", str(dataset), str(tmp_path / "x"), *bad])
     assert not (tmp_path / "x").exists()
+
+
+def test_keys_that_clash_as_cast_names_or_file_names_stay_apart(tmp_path):
+    from support.vistorybench_data import _drawing, _shot
+
+    story = tmp_path / "ViStory" / "03"
+    chars = {key: {**CHARACTERS_01["Miko"], "name_en": key} for key in ("Ben", "BEN", "7")}
+    doc = {"Characters": chars, "Shots": [_shot(1, ["Ben", "BEN", "7"], "three of them")]}
+    story.mkdir(parents=True)
+    (story / "story.json").write_text(json.dumps(doc), encoding="utf-8")
+    for i, key in enumerate(chars):
+        (story / "image" / key).mkdir(parents=True)
+        _drawing(i * 40).save(story / "image" / key / "00.png")
+    convert_dataset(tmp_path, tmp_path / "out")
+    converted = load_story(tmp_path / "out" / "03" / "story.yaml")
+    assert list(converted.cast) == ["Ben", "BEN #2", "character 7"]  # unique ignoring case, never a slot number
+    images = [m.image for m in converted.cast.values()]
+    assert len(set(images)) == 3
+    for member, key in zip(converted.cast.values(), chars):
+        assert member.image.read_bytes() == (story / "image" / key / "00.png").read_bytes()
+    assert plan_story(converted)[0].characters == ("Ben", "BEN #2", "character 7")
+
+
+def test_a_character_without_references_is_described_but_gets_no_slot(tmp_path):
+    from support.vistorybench_data import _drawing, _shot
+
+    story = tmp_path / "05"
+    doc = {"Characters": {k: CHARACTERS_01[k] for k in ("Miko", "Ben")}, "Shots": [_shot(1, ["Ben", "Miko"], "hi")]}
+    (story / "image" / "Miko").mkdir(parents=True)
+    (story / "story.json").write_text(json.dumps(doc), encoding="utf-8")
+    _drawing(0).save(story / "image" / "Miko" / "00.png")  # Ben has no image folder
+    summary = convert_dataset(tmp_path, tmp_path / "out")
+    converted = load_story(tmp_path / "out" / "05" / "story.yaml")
+    assert list(converted.cast) == ["Miko"]
+    scene = converted.scenes[0]
+    assert scene.characters == ("Miko",) and Path(scene.workflow.path).name == "story-template-one-character-sam.api.json"
+    assert f"Ben is {CHARACTERS_01['Ben']['prompt_en']}" in scene.prompt
+    assert any("'Ben' has no reference image in image/Ben/" in p for p in summary.problems)
+    assert any("shot 05/1: 'Ben' has no reference image" in p for p in summary.problems)

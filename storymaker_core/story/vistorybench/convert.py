@@ -26,7 +26,7 @@ from ..checker import slug_or_hash
 from .dataset import VistoryStory, load_dataset
 from .prompts import NEGATIVE, shot_prompt
 from .regions import REGION_NAMES, write_region_masks
-from .templates import DEFAULT_TEMPLATES, TemplateError, TemplateInfo, copy_template, default_template_dir, inspect_template
+from .templates import DEFAULT_TEMPLATES, TemplateInfo, copy_template, default_template_dir, inspect_template
 
 logger = logging.getLogger(__name__)
 
@@ -88,16 +88,8 @@ class ConvertSummary:
 
 
 def _templates(options: ConvertOptions) -> dict[int, TemplateInfo]:
-    infos = {}
-    for count in range(MAX_CHARACTERS + 1):
-        path = Path(options.templates.get(count) or default_template_dir() / DEFAULT_TEMPLATES[count])
-        info = inspect_template(path, count)
-        if count and not info.identity:
-            raise TemplateError(f"template {path}: its {count}-character node(s) have no `identity` input, so the "
-                                "identity mode from ViStoryBench's tag cannot be set; regenerate the template "
-                                "(python scripts/build_workflows.py) or re-export it with the current pack")
-        infos[count] = info
-    return infos
+    return {count: inspect_template(Path(options.templates.get(count) or default_template_dir() / DEFAULT_TEMPLATES[count]),
+                                    count) for count in range(MAX_CHARACTERS + 1)}
 
 
 def convert_dataset(dataset: str | Path, out: str | Path, options: ConvertOptions | None = None) -> ConvertSummary:
@@ -120,25 +112,26 @@ def convert_dataset(dataset: str | Path, out: str | Path, options: ConvertOption
 def _cast(story: VistoryStory, story_dir: Path, needs_mask: bool, summary: ConvertSummary):
     """Cast list for story.yaml and key -> cast name, for characters with a reference image."""
     refs = story_dir / "refs"
-    cast, names, taken = [], {}, set()
+    cast, names, taken, stems = [], {}, set(), set()
     for key, char in story.characters.items():
         mode = identity_for_tag(char.tag)
         summary.characters[(char.tag, mode)] += 1
-        if not char.images:
-            summary.problems.append(f"story {story.story_id}: character '{key}' has no reference image; left out "
-                                    "of the cast (still described in the prompt)")
+        if not char.images:  # reported by the dataset reader; still described in the prompts
             continue
         name = key.strip() if not key.strip().isdigit() else f"character {key.strip()}"
         while name.casefold() in taken:
             name += " #2"
         taken.add(name.casefold())
         source = char.images[0]
-        stem = slug_or_hash(key, "character")
+        stem = base = slug_or_hash(key, "character")
+        while stem in stems:  # "Ben" and "BEN" share a slug: keep both files
+            stem = f"{base}-{len(stems)}"
+        stems.add(stem)
         image = refs / f"{stem}{source.suffix.lower()}"
         refs.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, image)
         member = {"name": name, "image": f"refs/{image.name}", "identity": mode}
-        if needs_mask:  # ViStoryBench has no masks: the whole reference is the character
+        if needs_mask:  # a template with mask nodes, and no masks in ViStoryBench: the whole reference
             member["mask"] = f"refs/{_whole_mask(source, refs / f'{stem}-mask.png').name}"
         cast.append(member)
         names[key] = name
@@ -178,8 +171,14 @@ def _convert_story(story: VistoryStory, story_dir: Path, templates: dict[int, Te
             summary.truncated.append(message)
             on_stage = kept
         count = len(on_stage)
-        summary.no_character += count == 0
+        summary.no_character += int(count == 0)
         info = templates[count]
+        for slot, key in enumerate(on_stage, 1):
+            if info.masking[slot] == "none" and identity_for_tag(story.characters[key].tag) != "appearance":
+                summary.problems.append(
+                    f"shot {where}: '{key}' ({story.characters[key].tag}) is in slot {slot} of {info.path.name}, "
+                    "which has neither Segment Anything nor a mask node: the character node refuses a reference "
+                    "with a face there; use a -sam template")
         summary.templates[info.path.name] += 1
         workflow: Any = _rel(copied[count], story_dir)
         region_names = REGION_NAMES.get(count, ())

@@ -179,9 +179,9 @@ def _images(folder: Path) -> tuple[Path, ...]:
     return tuple(sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
 
 
-def _int(value: Any, default: int) -> int:
+def _int(value: Any, default: int | None) -> int | None:
     try:
-        return int(value)
+        return int(value) if not isinstance(value, bool) else default
     except (TypeError, ValueError):
         return default
 

@@ -40,9 +40,16 @@ class TemplateError(StoryError):
 class TemplateInfo:
     path: Path
     slots: int
-    needs_mask: bool  # some slot has a mask:N node (no Segment Anything): the cast needs `mask:`
+    #: slot -> how its character is cut out of the reference: "sam" (Segment Anything), "mask" (a mask:N
+    #: node: the cast needs `mask:`), "none" (the character node uses the whole reference, and only for a
+    #: character without a face: it refuses a face without mask or SAM)
+    masking: dict[int, str]
     identity: bool  # every character node has an `identity` input
     regions: dict[int, str] = field(default_factory=dict)  # region slot -> node id of its mask image
+
+    @property
+    def needs_mask(self) -> bool:
+        return "mask" in self.masking.values()
 
 
 def default_template_dir() -> Path:
@@ -52,7 +59,7 @@ def default_template_dir() -> Path:
 
 def inspect_template(path: Path, count: int) -> TemplateInfo:
     """Read ``path`` as the template for shots with ``count`` characters; raise ``TemplateError`` if it
-    cannot render them (wrong number of slots, a character with neither mask node nor Segment Anything)."""
+    cannot render them (wrong number of slots, a character node without an ``identity`` input)."""
     if not path.is_file():
         raise TemplateError(f"template for {count}-character shots: {path} does not exist (build it with "
                             "python scripts/build_workflows.py, or pass --template {count}=FILE)")
@@ -67,22 +74,23 @@ def inspect_template(path: Path, count: int) -> TemplateInfo:
         problems.append(f"has character slots {slots or 'none'}; shots with {count} character(s) need "
                         f"character:1..{count}" if count else f"has character slots {slots}; it is the template "
                                                                  "for shots with no character")
-    needs_mask, identity = False, True
+    masking, identity = {}, True
     for slot in slots:
         parts = resolved.characters[str(slot)]
         nodes = [n for s in parts.get("image", []) for n, name in tpl.consumers(s.node)
                  if name == "image" and tpl.nodes[n]["class_type"] == CHARACTER_NODE]
         has_sam = any(is_link(tpl.nodes[n]["inputs"].get("sam")) for n in nodes)
-        if parts.get("mask"):
-            needs_mask = True
-        elif not has_sam:
-            problems.append(f"character:{slot} has neither a mask:{slot} node nor Segment Anything on its "
-                            f"{CHARACTER_NODE} node (sam input); ViStoryBench ships no masks, so connect a "
-                            "Segment Anything loader (see story-template-*-sam)")
-        identity = identity and bool(nodes) and all("identity" in tpl.nodes[n]["inputs"] for n in nodes)
+        masking[slot] = "mask" if parts.get("mask") else "sam" if has_sam else "none"
+        if not nodes:
+            problems.append(f"character:{slot} feeds no {CHARACTER_NODE} node")
+        elif not all("identity" in tpl.nodes[n]["inputs"] for n in nodes):
+            problems.append(f"the {CHARACTER_NODE} node of character:{slot} has no `identity` input, so the "
+                            "identity mode from ViStoryBench's tag cannot be set; regenerate the template "
+                            "(python scripts/build_workflows.py) or re-export it with the current pack")
+            identity = False
     if problems:
         raise TemplateError(f"template {path} for {count}-character shots: " + "; ".join(problems))
-    return TemplateInfo(path, len(slots), needs_mask, identity, _regions(tpl))
+    return TemplateInfo(path, len(slots), masking, identity, _regions(tpl))
 
 
 def _regions(tpl: Template) -> dict[int, str]:
