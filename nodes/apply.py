@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from ..storymaker_core.compiled import build_plan, published
+from ..storymaker_core.compiled import build_plan, layer_order, published
 from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention, roles_of_cond_lists
 from .common import CATEGORY, progress_bar
 
@@ -76,23 +76,38 @@ def _is_compiled(base_model, transformer_options) -> bool:
 
 class CompiledCalls:
     """APPLY_MODEL wrapper: for a compiled UNet, builds the call's plan outside the compiled region and
-    publishes it (storymaker_core.compiled), and adds a kwarg to the UNet call so that a graph dynamo traced
-    for the model without StoryMaker is never reused for it. Eager calls pass through untouched."""
+    publishes it (storymaker_core.compiled), adds a kwarg to the UNet call so that a UNet graph traced for the
+    model without StoryMaker fails its guard, and checks afterwards that every layer ran the compiled patch
+    exactly once. Eager calls pass through untouched."""
 
     def __init__(self, shared: StoryMakerAttention, patches: dict):
         self.shared, self.patches, self.warned = shared, patches, False
+        self.keys = layer_order(patches)
 
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
                     **kwargs):
         if not _is_compiled(executor.class_obj, transformer_options):
             return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
         self._check_chains()
-        plan = build_plan(self.shared, self.patches, transformer_options.get("cond_or_uncond"), x.shape[0],
+        plan = build_plan(self.shared, self.keys, transformer_options.get("cond_or_uncond"), x.shape[0],
                           transformer_options.get("sigmas"), x.shape[-2:], x.device,
                           executor.class_obj.get_dtype_inference())
-        with published(plan):
-            return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs,
-                            **{COMPILED_KWARG: True})
+        for attempt in (0, 1):
+            with published(plan):
+                out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs,
+                               **{COMPILED_KWARG: True})
+                calls = int(plan["counter"])
+            if calls == plan["layers"]:
+                return out
+            if attempt == 0:
+                # Graphs traced without StoryMaker (or for another patch chain) ran some blocks: with ComfyUI's
+                # guard filter nothing tells them apart, so drop dynamo's compiled code and trace again.
+                logger.info("Apply StoryMaker: the compiled UNet ran %d of %d StoryMaker layers (graphs traced "
+                            "without StoryMaker were reused); recompiling.", calls, plan["layers"])
+                torch._dynamo.reset()
+        raise RuntimeError(f"Apply StoryMaker: the compiled UNet ran StoryMaker's layers {calls} times for "
+                           f"{plan['layers']} layers, so its image would be wrong. Something else changes which "
+                           "attn2 layers run; remove TorchCompileModel (or that node) for this model.")
 
     def _check_chains(self):
         chained = {key: patch.previous for key, patch in self.patches.items() if patch.previous is not None}

@@ -1,17 +1,20 @@
 """The image branch inside a `torch.compile`d UNet (ComfyUI's TorchCompileModel node).
 
 Dynamo freezes every Python decision into the graph it traces and re-checks only its guards; ComfyUI's
-node drops every guard on `transformer_options`, the only way a host reaches an attention patch. The eager
-patch decides from there (which characters, the scale, start/end, the chunk roles of the call, region
-masks, cache hits), so a compiled graph would keep the first call's answers, or a graph traced without
-the patch would run for a patched model: a wrong image without an error.
+node drops every guard on `transformer_options`, the only way a host reaches an attention patch. Worse, where
+ComfyUI's own attention breaks the graph (on the CPU, every attention call), each transformer block is
+compiled as a frame of its own and one graph serves every block of the same shape: the block's key, and so
+which patch object and which layer, is whatever the first traced block had.
 
-So under compilation the patch reads nothing per call through `transformer_options`: before each compiled
-call, the host builds a *plan* (tensors and a few constants, see `build_plan`) outside the compiled region
-and publishes it in this module's `_PLAN` slot. Dynamo guards globals: a plan of another shape (character
-count, masks, batch, a chained patch) recompiles, and everything else is a graph input read on every call
-(image K/V, the role of each batch row, the scale as a 0-dim tensor, so ip_scale and start/end never
-recompile). See docs/compile.md.
+So under compilation the patch reads nothing through `transformer_options`, not even its own key: before
+each compiled call, the host builds a *plan* (tensors and a few constants, see `build_plan`) outside the
+compiled region and publishes it in this module's `_PLAN` slot, which dynamo does guard. The layer is
+found by a call counter (a 0-dim tensor each patch call reads and increments in the graph: the UNet calls its
+attn2 layers in a fixed order), so every block graph reads the right layer's image K/V, and the host checks
+after the call that every layer ran exactly once. Everything call-dependent is a graph input read on every
+call (image K/V, the role of each batch row, the scale as a 0-dim tensor: ip_scale and start/end never
+recompile); a plan of another shape (character count, masks, batch) fails a guard and recompiles.
+See docs/compile.md.
 """
 
 from __future__ import annotations
@@ -41,44 +44,51 @@ def resolutions(latent_hw: Sequence[int], levels: int = 4) -> list:
     return out
 
 
-def build_plan(shared, patches: Mapping[tuple, object], layout: Optional[Sequence[int]], batch: int, sigmas,
+def layer_order(keys) -> list:
+    """attn2 keys in the order an SDXL UNet calls them: input blocks, middle, output blocks, then depth."""
+    rank = {"input": 0, "middle": 1, "output": 2}
+    return sorted(keys, key=lambda key: (rank[key[0]], key[1], key[2]))
+
+
+def build_plan(shared, keys: Sequence[tuple], layout: Optional[Sequence[int]], batch: int, sigmas,
                latent_hw: Sequence[int], device, dtype) -> dict:
     """Everything one compiled UNet call needs from StoryMaker, computed eagerly (outside the graph).
 
     Args:
         shared: the Apply's `StoryMakerAttention` (caches, settings, the host's cond-list roles).
-        patches: {attn2 key: its LayerPatch}; each patch's `previous` (a chained replace) goes in the plan.
+        keys: the patched attn2 keys in call order (`layer_order`).
         layout: the call's `cond_or_uncond` (chunk i of the batch comes from cond list layout[i]).
         batch: rows of the call's batch `B` (a multiple of len(layout)).
         sigmas: the call's sigmas `[B]` (None: always active).
         latent_hw: the latent's `(h, w)`; region biases are made for every resolution below it.
         device, dtype: where and in which dtype the UNet computes.
-    Returns: {("kv", key): (ip_k, ip_v) `[2, L, hidden]` (row 0 the characters, 1 the negative tokens),
-        "rows": `[B]` long (the row of ip_k each batch row uses), "scale": 0-dim float32,
-        "masked": bool, ("bias", h, w): `[1, h*w, L]` when masked, ("previous", key): callable or None}.
+    Returns: {"k", "v": `[layers, 2, L, max hidden]` (row 0 the characters, 1 the negative tokens, zero-padded),
+        "counter": 0-dim long set to 0, "rows": `[B]` long (the row each batch row uses), "scale": 0-dim
+        float32, "masked": bool, ("bias", h*w): `[1, h*w, L]` per resolution when masked, "layers": int}.
     """
     layout = list(layout or [0])
     if batch % len(layout):
         raise ValueError(f"batch of {batch} cannot be split into chunks {layout}")
     roles = shared.chunk_roles({"cond_or_uncond": layout})
-    plan = {"rows": shared.row_roles(roles, batch // len(layout), device),
+    k_all, v_all = shared.layer_stack(tuple(keys), device, dtype)
+    plan = {"k": k_all, "v": v_all, "counter": shared.call_counter(device), "layers": len(keys),
+            "rows": shared.row_roles(roles, batch // len(layout), device),
             "scale": shared.scale_tensor(shared.is_active({"sigmas": sigmas}), device),
             "masked": bool(shared.settings.region_masks)}
-    for key, patch in patches.items():
-        plan[("kv", key)] = shared.stacked_kv(key, device, dtype)
-        plan[("previous", key)] = patch.previous
     if plan["masked"]:
         for h, w in resolutions(latent_hw):
-            plan[("bias", h, w)] = shared.bias_for(h, w, device, dtype)
+            plan[("bias", h * w)] = shared.bias_for(h, w, device, dtype)
     return plan
 
 
 @contextlib.contextmanager
 def published(plan: dict):
-    """Publish `plan` for the compiled call made inside this block (one at a time)."""
+    """Publish `plan` for the compiled call made inside this block (one at a time); yields the number of
+    layer calls the compiled UNet made (read it after the call)."""
     if _PLAN:
         raise RuntimeError("StoryMaker: a compiled UNet call started inside another one; two Apply StoryMaker on "
                            "one compiled model are not supported: encode all characters together and apply once.")
+    plan["counter"].zero_()
     _PLAN.update(plan)
     try:
         yield
@@ -86,25 +96,21 @@ def published(plan: dict):
         _PLAN.clear()
 
 
-def compiled_layer_forward(key: tuple, q: Tensor, k: Tensor, v: Tensor, extra_options: dict,
-                           attention: Callable) -> Tensor:
+def compiled_layer_forward(q: Tensor, k: Tensor, v: Tensor, extra_options: dict, attention: Callable,
+                           previous: Optional[Callable]) -> Tensor:
     """The layer patch as traced by dynamo: only the published plan decides, never `extra_options`' objects.
 
     q `[B, Lq, hidden]`, k/v `[B, Lk, hidden]` -> `[B, Lq, hidden]`; inactive steps have scale 0.
     """
     plan = _PLAN
-    import os
-    if os.environ.get("SMDBG"): print("SMDBG traced", key, len(plan))
     if not plan:
         raise RuntimeError(NO_PLAN)
     heads = extra_options["n_heads"]
-    previous = plan[("previous", key)]
     text = attention(q, k, v, heads, None) if previous is None else previous(q, k, v, extra_options)
-    ip_k, ip_v = plan[("kv", key)]
+    counter, hidden = plan["counter"], q.shape[-1]
+    ip_k, ip_v = (plan[name][counter][..., :hidden] for name in ("k", "v"))  # [2, L, hidden]: this layer's
+    counter.add_(1)
     rows = plan["rows"]
-    mask = None
-    if plan["masked"]:
-        h, w = extra_options["activations_shape"][-2:]
-        mask = plan[("bias", h, w)]
+    mask = plan[("bias", q.shape[1])] if plan["masked"] else None
     image = attention(q, ip_k[rows], ip_v[rows], heads, mask)
     return text + image * plan["scale"]

@@ -127,8 +127,8 @@ class StoryMakerAttention:
         self._kv: dict = {}  # (key, device, dtype) -> {kind: (ip_k [1, L, hidden], ip_v)}
         self._batched: dict = {}  # (key, device, dtype, layout, batch) -> (ip_k, ip_v) [B, L, hidden]
         self._bias: dict = {}  # (h, w, device, dtype) -> [1, h*w, L] or None
-        self._stacked: dict = {}  # (key, device, dtype) -> (ip_k, ip_v) [2, L, hidden]: compiled calls
-        self._small: dict = {}  # row-role index and scale tensors of compiled calls
+        self._stacked: dict = {}  # (keys, device, dtype) -> (ip_k, ip_v) [layers, 2, L, hidden]: compiled calls
+        self._small: dict = {}  # row-role index, scale and call-counter tensors of compiled calls
         self._step_sigmas, self._step_active = None, True
         self.cond_list_roles: Optional[tuple] = None  # role per cond list of the model call in progress (host)
 
@@ -190,13 +190,27 @@ class StoryMakerAttention:
         return self._bias[cache_key]
 
     # What a compiled call reads (see compiled.py): tensors only, made once and reused.
-    def stacked_kv(self, key: tuple, device, dtype) -> tuple:
-        """(ip_k, ip_v) `[2, L, hidden]`: row POSITIVE the characters', row NEGATIVE the negative tokens'."""
-        cache_key = (key, str(device), dtype)
+    def layer_stack(self, keys: tuple, device, dtype) -> tuple:
+        """(ip_k, ip_v) of the layers `keys`, stacked `[layers, 2, L, max hidden]` (zero-padded): row
+        POSITIVE the characters', row NEGATIVE the negative tokens'."""
+        cache_key = (keys, str(device), dtype)
         if cache_key not in self._stacked:
-            kv = self.image_kv(key, device, dtype)
-            self._stacked[cache_key] = tuple(torch.cat([kv[POSITIVE][i], kv[NEGATIVE][i]]) for i in (0, 1))
+            kvs = [self.image_kv(key, device, dtype) for key in keys]
+            length, hidden = kvs[0][POSITIVE][0].shape[1], max(kv[POSITIVE][0].shape[2] for kv in kvs)
+            stacks = tuple(torch.zeros(len(keys), 2, length, hidden, device=device, dtype=dtype) for _ in range(2))
+            for i, kv in enumerate(kvs):
+                for role in (POSITIVE, NEGATIVE):
+                    for stack, t in zip(stacks, kv[role]):
+                        stack[i, role, :, :t.shape[-1]] = t[0]
+            self._stacked[cache_key] = stacks
         return self._stacked[cache_key]
+
+    def call_counter(self, device) -> Tensor:
+        """The 0-dim long tensor compiled layer calls count themselves in."""
+        cache_key = ("counter", str(device))
+        if cache_key not in self._small:
+            self._small[cache_key] = torch.zeros((), dtype=torch.long, device=device)
+        return self._small[cache_key]
 
     def row_roles(self, roles: Sequence[int], per_chunk: int, device) -> Tensor:
         """`[len(roles) * per_chunk]` long: the role of each batch row (chunks in order)."""
@@ -243,7 +257,7 @@ class LayerPatch:
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
         if torch.compiler.is_compiling():  # inside a traced UNet: only the plan published for the call decides
-            return compiled_layer_forward(self.key, q, k, v, extra_options, self.attention_function(extra_options))
+            return compiled_layer_forward(q, k, v, extra_options, self.attention_function(extra_options), self.previous)
         text = self.previous(q, k, v, extra_options) if self.previous is not None else None
         return self.shared.forward(self.key, q, k, v, extra_options, self.attention_function(extra_options), text)
 

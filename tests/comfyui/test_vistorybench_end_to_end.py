@@ -5,7 +5,7 @@ is converted, rendered by the story runner through a real ComfyUI with random-we
 kinds (tests/support/random_comfy.py), exported to ViStoryBench's output layout and, when the evaluator
 is there, scored with ``python -m storymaker_core.evaluate story``. The numbers mean nothing (random
 weights); the test checks that every step hands the next one what it needs. Needs COMFYUI_PATH and
-insightface/onnx; 5-8 minutes on 2 shared CPU cores.
+insightface/onnx; about 2 minutes on 2 idle CPU cores (8 when they are shared).
 """
 
 from __future__ import annotations
