@@ -99,8 +99,8 @@ class _Planner:
                 uploads.append(self.upload(value.path))
                 value = uploads[-1].name
             put(key, value, f"{where} ({key})")
-        for slot in res.get("filename_prefix"):
-            values[slot] = f"storymaker/{self.story.name}/{slugify(scene.id)}"
+        for slot in res.get("filename_prefix"):  # ComfyUI's own copy, apart from the runner's NN-scene.png
+            values[slot] = f"storymaker/{self.story.name}/comfyui/{slugify(scene.id)}"
         if scene.pose is not None:
             uploads.append(self.upload(scene.pose))
             put("pose", uploads[-1].name, f"{where}.pose")

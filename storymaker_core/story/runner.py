@@ -93,7 +93,8 @@ class StoryRunner:
         self.manifest = m = Manifest.open(self.story_dir / "manifest.json", {
             "name": story.name, "file": str(story.path), "sha256": file_sha256(story.path)}, deferred=True)
         # the references, so `python -m storymaker_core.evaluate story/<name>` scores the story as it is
-        m.set("cast", {c.name: {"image": str(c.image), **({"mask": str(c.mask)} if c.mask else {})}
+        m.set("cast", {c.name: {"image": str(c.image), **({"mask": str(c.mask)} if c.mask else {}),
+                                **({"identity": c.identity} if c.identity else {})}  # read by `evaluate story`
                        for c in story.cast.values()})
         self._retire_removed()
         done, refetch, render = [], [], []

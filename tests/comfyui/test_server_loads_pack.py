@@ -34,7 +34,7 @@ def server(tmp_path_factory):
     (base / "models" / "storymaker" / "listed.safetensors").write_bytes(b"")  # only listed, never loaded
     checkpoints = base / "models" / "checkpoints"
     checkpoints.mkdir(parents=True)
-    (checkpoints / "sd_xl_base_1.0.safetensors").write_bytes(b"")  # a placeholder, as in a fresh install
+    (checkpoints / "placeholder.safetensors").write_bytes(b"")  # a zero-byte placeholder; no workflow names it
     write_safetensors(checkpoints / "good-sdxl.safetensors", SDXL_KEYS)
     write_safetensors(checkpoints / "v1-5.safetensors", SD15_KEYS)
     write_safetensors(base / "outside.safetensors", SDXL_KEYS)  # beside models/: must never be answered for
@@ -46,9 +46,10 @@ def server(tmp_path_factory):
 
 def test_pack_imports_without_failure(server):
     _, log, _ = server
-    text = log.read_text()
-    assert "IMPORT FAILED" not in text, text[-3000:]
-    assert "ComfyUI-StoryMaker" in text  # the custom-node import summary lists it
+    # ComfyUI's own comfy_extras may fail on a missing optional dependency (torchaudio); judge our line only.
+    pack_lines = [line for line in log.read_text().splitlines() if "ComfyUI-StoryMaker" in line]
+    assert pack_lines, "the custom-node import summary does not list the pack"
+    assert not any("IMPORT FAILED" in line for line in pack_lines), pack_lines
 
 
 def test_object_info_lists_every_node_with_its_inputs(server):
@@ -99,7 +100,7 @@ def inspect(url: str, files: list) -> tuple:
 def test_inspect_route_judges_model_files_from_their_headers(server):
     _, _, url = server
     status, answer = inspect(url, [
-        {"folder": "checkpoints", "name": "sd_xl_base_1.0.safetensors", "kind": "sdxl_checkpoint"},
+        {"folder": "checkpoints", "name": "placeholder.safetensors", "kind": "sdxl_checkpoint"},
         {"folder": "checkpoints", "name": "good-sdxl.safetensors", "kind": "sdxl_checkpoint"},
         {"folder": "checkpoints", "name": "v1-5.safetensors", "kind": "sdxl_checkpoint"},
         {"folder": "checkpoints", "name": "not-there.safetensors", "kind": "checkpoint"},

@@ -76,6 +76,10 @@ def catalog(input_files: list[str]) -> dict:
             "image": ["IMAGE", {}], "strength": number("FLOAT", 1.0, 0.0, 10.0),
             "start_percent": number("FLOAT", 0.0, 0.0, 1.0), "end_percent": number("FLOAT", 1.0, 0.0, 1.0)},
             output=("CONDITIONING", "CONDITIONING")),
+        "StoryMakerCharacterFromImage": _node("StoryMakerCharacterFromImage", {
+            "image": ["IMAGE", {}], "name": ["STRING", {"default": "character"}],
+            "face_index": number("INT", 0, 0, 32), "identity": [["auto", "face", "appearance"], {"default": "auto"}]},
+            output=("STORYMAKER_CHARACTER",)),
         "TestCharacterApply": _node("TestCharacterApply", {"model": ["MODEL", {}], "image": ["IMAGE", {}],
                                                            "weight": number("FLOAT", 0.8, 0.0, 2.0)},
                                     optional={"mask": ["MASK", {}]}, output=("MODEL",)),

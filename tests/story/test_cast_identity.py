@@ -76,3 +76,17 @@ def test_explicit_identity_binding(make_story, story_dir):
     bad = {"characters": {"1": {"identity": {"title": "KSampler"}}}}
     text = problems(make_story(workflow=path, cast=cast, bindings=bad))
     assert "has no input 'identity'" in text and "its inputs:" in text
+
+
+def test_the_runner_records_each_members_identity_for_evaluate_story(comfy, make_story, story_dir, options):
+    """`evaluate story` scores a member by its identity mode: the manifest's cast carries it."""
+    import asyncio
+
+    from storymaker_core.story.runner import StoryRunner
+
+    path = write(story_dir, "char.json", character_workflow())
+    story = make_story(workflow=path, cast=[{"name": "rabbit", "image": "refs/alice.png", "identity": "appearance"}])
+    runner = StoryRunner(story, [comfy.start().url], options)
+    assert asyncio.run(runner.run()).ok
+    cast = json.loads((runner.story_dir / "manifest.json").read_text())["cast"]
+    assert cast["rabbit"]["identity"] == "appearance"

@@ -105,7 +105,7 @@ def test_weightless_story_end_to_end_on_real_comfyui(real_comfyui, story_dir, ma
     manifest = json.loads((runner.story_dir / "manifest.json").read_text())
     for plan in runner.plans:
         rec = manifest["scenes"][plan.id]
-        assert rec["server"] == url and rec["output"]["subfolder"] == "storymaker/test-story"
+        assert rec["server"] == url and rec["output"]["subfolder"] == "storymaker/test-story/comfyui"
         with Image.open(runner.story_dir / rec["file"]) as im:
             pixel = im.convert("RGB").getpixel((3, 3))
         assert all(abs(a - b) <= 1 for a, b in zip(pixel, (55, 225, 225)))  # alice's (200, 30, 30) inverted

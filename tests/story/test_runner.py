@@ -66,7 +66,7 @@ def test_story_is_rendered_scene_by_scene(comfy, make_story, options, story_dir)
     m = manifest(runner)
     rec = m["scenes"]["street"]
     assert rec["seed"] == 7 and rec["server"] == server.url and rec["prompt_id"] in server.history
-    assert rec["output"] == {"filename": "street_00002_.png", "subfolder": "storymaker/test-story", "type": "output"}
+    assert rec["output"] == {"filename": "street_00002_.png", "subfolder": "storymaker/test-story/comfyui", "type": "output"}
     assert set(rec["timings"]) == {"wait_s", "run_s", "download_s"} and rec["timings"]["run_s"] is not None
     assert [a["outcome"] for a in rec["attempts"]] == ["done"]
     sheet = runner.story_dir / "contact-sheet.png"

@@ -60,7 +60,7 @@ def test_conventions_fill_the_right_inputs(make_story):
         "seed": default_seed(100, "morning"), "steps": 9, "cfg": 4.5, "sampler_name": "dpmpp_2m",
         "scheduler": "karras", "denoise": 0.9}
     assert (first["6"]["inputs"]["width"], first["6"]["inputs"]["height"]) == (640, 896)
-    assert first["9"]["inputs"]["filename_prefix"] == "storymaker/test-story/morning"
+    assert first["9"]["inputs"]["filename_prefix"] == "storymaker/test-story/comfyui/morning"
     upload = plans[0].uploads[0]
     assert first["2"]["inputs"]["image"] == upload.name  # character:1 <- alice's reference
     assert upload.name.startswith("storymaker-alice-") and upload.name.endswith(".png")
