@@ -3,6 +3,8 @@
 #   1. step_overhead: full-size SDXL UNet at 1024², eager and CUDA graph, 1/2/3 characters +/- masks
 #   2. train_throughput: full-size trainer at 1024², bf16, batch 1, 20 timed steps
 #   3. train_throughput at the authors' batch 8 (5 timed steps), only if time is left
+#   4. step_overhead under ComfyUI's TorchCompileModel, inductor then cudagraphs (compiled-patched vs
+#      compiled-plain; 1, 2 and 3 characters + masks), only if time is left (GPU_CHECKS_BUDGET_S)
 #
 #   bash benchmarks/gpu_checks.sh COMFYUI_DIR OUT_DIR [WHEELS_DIR]
 #
@@ -48,4 +50,8 @@ run() {  # run NAME LIMIT_S ARGS...: one benchmark, its log beside its JSON; a f
 run step_overhead 240 benchmarks/step_overhead.py --comfyui "$comfyui" "${overhead[@]}" --out "$out/step_overhead.json"
 run train_throughput_b1 200 benchmarks/train_throughput.py "${train[@]}" --json "$out/train_throughput_b1.json"
 run train_throughput_b8 200 benchmarks/train_throughput.py "${train_big[@]}" --json "$out/train_throughput_b8.json"
+for backend in inductor cudagraphs; do
+  run "step_overhead_compiled_$backend" 240 benchmarks/step_overhead.py --comfyui "$comfyui" "${overhead[@]}" \
+    --compile "$backend" --out "$out/step_overhead_compiled_$backend.json"
+done
 grep -h -E "^(step_overhead|train_throughput): " "$out"/*.log

@@ -2,12 +2,15 @@
 
     python benchmarks/step_overhead.py --comfyui /path/to/ComfyUI                     # CPU, small SDXL-shaped UNet
     python benchmarks/step_overhead.py --comfyui /path/to/ComfyUI --full --res 1024   # GPU, full SDXL, fp16
+    python benchmarks/step_overhead.py --comfyui /path/to/ComfyUI --compile inductor  # under TorchCompileModel
 
 ComfyUI in library mode, CFG batch (cond + uncond). StoryMaker's LoRA is merged into the weights by
 ComfyUI, so every variant runs on the same loaded weights and differs only in the attn2 patches:
 baseline, 1/2/3 characters, 2/3 characters with region masks. Variants are interleaved over many rounds
 (an eager SDXL step on a GPU is CPU-launch-bound and drifts), the median is reported, and on CUDA each
-variant is also timed captured in a CUDA graph. Prints one summary line last and writes JSON.
+variant is also timed captured in a CUDA graph. With `--compile BACKEND` every variant, the baseline too,
+runs through ComfyUI's TorchCompileModel node (its own guard filter) and StoryMaker's compiled path; the
+compiled variants are 1, 2 and 3 characters + masks. Prints one summary line last and writes JSON.
 """
 
 from __future__ import annotations
@@ -53,8 +56,15 @@ def build(args):
     apply = load_pack().nodes.apply.StoryMakerApply()
     g = torch.Generator().manual_seed(0)
     h = w = args.res // 8
-    variants = {"baseline": None}
-    for n, masked in ((1, False), (2, False), (3, False), (2, True), (3, True)):
+    base = patcher
+    if args.compile != "none":
+        from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+        base = TorchCompileModel.execute(patcher, args.compile)[0]
+    variants = {"baseline": base if args.compile != "none" else None}
+    shapes = ((1, False), (2, False), (3, False), (2, True), (3, True)) if args.compile == "none" else \
+        ((1, False), (2, False), (3, True))
+    for n, masked in shapes:
         embeds = StoryMakerEmbeds(torch.randn(n + 1, 20, 2048, generator=g), torch.randn(n + 1, 20, 2048, generator=g), [])
         masks = {}
         if masked:
@@ -62,7 +72,7 @@ def build(args):
                 m = torch.zeros(1, args.res, args.res)
                 m[:, :, i * args.res // n:(i + 1) * args.res // n] = 1
                 masks[f"mask_{i + 1}"] = m
-        (clone,) = apply.apply(patcher, adapter, embeds, 0.8, 0.8, 0.0, 1.0, **masks)
+        (clone,) = apply.apply(base, adapter, embeds, 0.8, 0.8, 0.0, 1.0, **masks)
         variants[f"{n} char" + (" + masks" if masked else "")] = clone
     loaded = variants["1 char"]
     comfy.model_management.load_models_gpu([loaded])  # LoRA merged once; all variants share these weights
@@ -75,6 +85,9 @@ def build(args):
     def options(clone):
         opts = dict(base_options if clone is None else clone.model_options["transformer_options"])
         opts.update(cond_or_uncond=[1, 0], sigmas=sigma)
+        if clone is not None:  # the compile and StoryMaker wrappers, as sampling merges them in
+            opts["wrappers"] = {kind: {key: list(fns) for key, fns in by_key.items()}
+                                for kind, by_key in clone.wrappers.items()}
         return opts
 
     def step_fn(clone):
@@ -83,18 +96,19 @@ def build(args):
 
     host_bytes = sum(p.numel() * p.element_size() for p in adapter.projections(layers).parameters())
     shared = {name: next(iter(clone.model_options["transformer_options"]["patches_replace"]["attn2"].values())).shared
-              for name, clone in variants.items() if clone is not None}
+              for name, clone in variants.items() if name != "baseline"}
     return {name: step_fn(clone) for name, clone in variants.items()}, device, host_bytes, shared
 
 
 def time_eager(steps, rounds, device):
     import torch
+    from tqdm import tqdm
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     samples = {name: [] for name in steps}
     with torch.no_grad():
-        for fn in steps.values():
-            fn(), fn()  # warm-up: kernels, K/V caches
+        for fn in tqdm(steps.values(), desc="warm-up (and compile)"):
+            fn(), fn()  # warm-up: kernels, K/V caches, compiled graphs
         for _ in range(rounds):
             order = list(steps)
             random.shuffle(order)
@@ -169,6 +183,8 @@ def main(argv=None) -> int:
     parser.add_argument("--res", type=int, default=256, help="image resolution (latent = res/8)")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="UNet dtype (default fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--compile", choices=["none", "inductor", "cudagraphs"], default="none",
+                        help="run every variant through ComfyUI's TorchCompileModel with this backend")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "step_overhead.json"))
     args = parser.parse_args(argv)
     import torch
@@ -177,12 +193,14 @@ def main(argv=None) -> int:
     eager = time_eager(steps, args.rounds, device)
     device_bytes = {name: patch.cached_bytes() for name, patch in shared.items()}  # after the warm-up steps
     peaks = peak_step_memory(steps) if device.type == "cuda" else {}
-    graph, graph_errors = ({}, {}) if device.type != "cuda" else time_cuda_graph(steps, args.rounds)
+    capture = device.type == "cuda" and args.compile == "none"  # a compiled step is timed as it runs
+    graph, graph_errors = time_cuda_graph(steps, args.rounds) if capture else ({}, {})
     graph_ok = "baseline" in graph
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     print(f"device: {name}, {'full' if args.full else 'small'} SDXL-shaped UNet, {args.res}x{args.res}, CFG batch 2, "
-          f"{args.rounds} interleaved rounds, torch {torch.__version__}")
-    print(f"{'variant':<18} {'eager ms':>9} {'ratio':>7}" + (f" {'graph ms':>9} {'ratio':>7}" if graph_ok else ""))
+          f"{args.rounds} interleaved rounds, torch {torch.__version__}, compile: {args.compile}")
+    column = "eager ms" if args.compile == "none" else "step ms"
+    print(f"{'variant':<18} {column:>9} {'ratio':>7}" + (f" {'graph ms':>9} {'ratio':>7}" if graph_ok else ""))
     for variant in steps:
         line = f"{variant:<18} {eager[variant] * 1000:9.1f} {eager[variant] / eager['baseline']:7.3f}"
         if graph_ok:
@@ -191,7 +209,7 @@ def main(argv=None) -> int:
         print(line)
     for variant, error in graph_errors.items():
         print(f"CUDA graph capture failed for {variant}: {error}")
-    result = {"benchmark": "step_overhead", "device": name, "torch": torch.__version__, "full_size": args.full,
+    result = {"benchmark": "step_overhead", "compile": args.compile, "device": name, "torch": torch.__version__, "full_size": args.full,
               "res": args.res, "rounds": args.rounds, "eager_s": eager, "cuda_graph_s": graph,
               "cuda_graph_errors": graph_errors, "image_projection_host_bytes": host_bytes, "image_kv_device_bytes": device_bytes, "peak_step_bytes": peaks,
               "ratios_eager": {k: v / eager["baseline"] for k, v in eager.items()},
@@ -202,6 +220,11 @@ def main(argv=None) -> int:
           f"{device.type} only the image K/V, {max(device_bytes.values()) / 2**20:.1f} MiB at most (LoRA is merged)")
     for variant, peak in peaks.items():
         print(f"peak memory of a step, {variant}: {peak / 2**30:.2f} GiB ({(peak - peaks['baseline']) / 2**20:+.0f} MiB)")
+    if args.compile != "none":
+        print(f"step_overhead: {eager['1 char'] / eager['baseline']:.3f}x (1 character), "
+              f"{eager['2 char'] / eager['baseline']:.3f}x (2 characters), {eager['3 char + masks'] / eager['baseline']:.3f}x "
+              f"(3 characters + masks) vs plain SDXL step, both compiled ({args.compile}, {name})")
+        return 0
     timed = "CUDA graph" if graph_ok and {"1 char", "2 char"} <= set(graph) else "eager"
     best = graph if timed == "CUDA graph" else eager
     print(f"step_overhead: {best['1 char'] / best['baseline']:.3f}x (1 character), {best['2 char'] / best['baseline']:.3f}x "

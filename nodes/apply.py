@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from ..storymaker_core.compiled import build_plan, layer_order, published
+from ..storymaker_core.compiled import build_plan, layer_calls, layer_order, published
 from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention, roles_of_cond_lists
 from .common import CATEGORY, progress_bar
 
@@ -28,6 +28,13 @@ class ComfyLayerPatch(LayerPatch):
             return optimized_attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
 
         return attention
+
+    def compiled_image_attention(self, extra_options):
+        """ComfyUI's SDPA kernel: its CPU default (sub-quadratic) breaks dynamo's graph on a memory query."""
+        from comfy.ldm.modules.attention import attention_pytorch
+
+        precision = extra_options.get("attn_precision")
+        return lambda q, k, v, heads, mask=None: attention_pytorch(q, k, v, heads, mask=mask, attn_precision=precision)
 
 
 class GuiderRoles:
@@ -96,7 +103,7 @@ class CompiledCalls:
             with published(plan):
                 out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs,
                                **{COMPILED_KWARG: True})
-                calls = int(plan["counter"])
+                calls = layer_calls(plan)
             if calls == plan["layers"]:
                 return out
             if attempt == 0:

@@ -39,9 +39,16 @@ def measured_rows(text: str) -> list:
     return rows
 
 
+def tolerance_text(tolerance: float) -> str:
+    """`1e-05` for powers of ten below 0.01, `0.85` otherwise (never a rounded-off tolerance)."""
+    short = f"{tolerance:.0e}"
+    return short if tolerance <= 1e-3 and float(short) == tolerance else f"{tolerance:g}"
+
+
 def markdown_table(rows: list) -> str:
     lines = ["| comparison | measured | tolerance |", "|---|---|---|"]
-    lines += [f"| {name.replace('|', '/')} | {value:.1e} | {tolerance:g} |" for name, value, tolerance in rows]
+    lines += [f"| {name.replace('|', '/')} | {value:.1e} | {tolerance_text(tolerance)} |"
+              for name, value, tolerance in rows]
     return "\n".join(lines)
 
 

@@ -81,6 +81,18 @@ def build_plan(shared, keys: Sequence[tuple], layout: Optional[Sequence[int]], b
     return plan
 
 
+def count_eager_call() -> None:
+    """A layer of a compiled call that dynamo left to Python (a frame it skipped) is right as it is, but it
+    takes its place in the call order: count it, or the next compiled layer would read this layer's K/V."""
+    if _PLAN:
+        _PLAN["counter"].add_(1)
+
+
+def layer_calls(plan: dict) -> int:
+    """How many layers ran StoryMaker in the call `plan` was published for (one host read)."""
+    return int(plan["counter"])
+
+
 @contextlib.contextmanager
 def published(plan: dict):
     """Publish `plan` for the compiled call made inside this block (one at a time); yields the number of
@@ -97,10 +109,12 @@ def published(plan: dict):
 
 
 def compiled_layer_forward(q: Tensor, k: Tensor, v: Tensor, extra_options: dict, attention: Callable,
-                           previous: Optional[Callable]) -> Tensor:
+                           previous: Optional[Callable], image_attention: Optional[Callable] = None) -> Tensor:
     """The layer patch as traced by dynamo: only the published plan decides, never `extra_options`' objects.
 
     q `[B, Lq, hidden]`, k/v `[B, Lk, hidden]` -> `[B, Lq, hidden]`; inactive steps have scale 0.
+    attention: the host's kernel for the text branch; image_attention (default: the same) for the image
+    branch, which should not break the graph (a host kernel that does would add one per layer).
     """
     plan = _PLAN
     if not plan:
@@ -112,5 +126,5 @@ def compiled_layer_forward(q: Tensor, k: Tensor, v: Tensor, extra_options: dict,
     counter.add_(1)
     rows = plan["rows"]
     mask = plan[("bias", q.shape[1])] if plan["masked"] else None
-    image = attention(q, ip_k[rows], ip_v[rows], heads, mask)
+    image = (image_attention or attention)(q, ip_k[rows], ip_v[rows], heads, mask)
     return text + image * plan["scale"]

@@ -50,7 +50,7 @@ def _parent_site_packages() -> str:
 
 @pytest.mark.slow  # builds a wheel and a virtual environment: ~30 s
 def test_pip_install_gives_the_console_scripts_and_no_generic_top_level_modules(tmp_path):
-    pytest.importorskip("setuptools", minversion="70.1")  # builds wheels itself: no network, no `wheel` package
+    pytest.importorskip("setuptools", minversion="77")  # the build backend; no network, no `wheel` package
     source = tmp_path / "source"  # a copy, so the build leaves nothing in the repository
     for name in BUILD_INPUTS:
         path = REPO / name
@@ -75,6 +75,7 @@ def test_pip_install_gives_the_console_scripts_and_no_generic_top_level_modules(
     installed = top_level - {"pip", "setuptools", "_distutils_hack", "pkg_resources", "__pycache__"}
     assert installed == {"storymaker_core", "storymaker_training"}, installed
     assert (site / "storymaker_core" / "evaluate" / "prompts_fastcomposer.json").is_file()  # package data
+    assert (site / "storymaker_training" / "configs" / "tiny-cpu.yaml").is_file()
 
     # the dependencies (torch, ...) come from the environment running the tests, after the venv's own packages
     (site / "test-dependencies.pth").write_text(_parent_site_packages() + "\n")

@@ -107,8 +107,8 @@ def write_json(path: Path, summary: Mapping[str, Any], records: Sequence[Mapping
     return path
 
 
-def bar_chart(path: Path, summary: Mapping[str, Mapping[str, Any]]) -> Path | None:
-    """Grouped bars (metric x method, pooled ``ALL`` rows) with CI error bars; None if no matplotlib."""
+def pyplot_or_none(path: Path):
+    """matplotlib's pyplot on the Agg backend, or None (logged) when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -116,6 +116,14 @@ def bar_chart(path: Path, summary: Mapping[str, Mapping[str, Any]]) -> Path | No
         import matplotlib.pyplot as plt
     except ImportError:
         logger.warning("matplotlib not installed: skipping %s (pip install matplotlib)", path)
+        return None
+    return plt
+
+
+def bar_chart(path: Path, summary: Mapping[str, Mapping[str, Any]]) -> Path | None:
+    """Grouped bars (metric x method, pooled ``ALL`` rows) with CI error bars; None if no matplotlib."""
+    plt = pyplot_or_none(path)
+    if plt is None:
         return None
     methods = list(summary)
     width = 0.8 / max(len(methods), 1)

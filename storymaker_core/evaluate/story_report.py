@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .report import _clean, _fmt_interval
+from .report import _clean, _fmt_interval, pyplot_or_none
 from .story_metrics import CharacterStoryScore, ShotScore
 
 logger = logging.getLogger(__name__)
@@ -86,13 +86,8 @@ def story_markdown(summary: Mapping[str, Any], characters: Sequence[CharacterSto
 
 def story_chart(path: Path, summary: Mapping[str, Any]) -> Path | None:
     """Left: the four similarities; right: count accuracy and swap rate; bars per method with CI whiskers."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        logger.warning("matplotlib not installed: skipping %s (pip install matplotlib)", path)
+    plt = pyplot_or_none(path)
+    if plt is None:
         return None
     methods = list(summary)
     width = 0.8 / max(len(methods), 1)

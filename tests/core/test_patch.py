@@ -206,3 +206,47 @@ def test_a_region_mask_of_another_aspect_is_reported_once(parts, caplog):
         for _ in range(3):
             patch(q[:2], k[:2], v[:2], options([0], hw=(3, 4)))  # a 3x4 latent: width/height 1.33
     assert caplog.text.count("stretched") == 2  # masks 1 and 2, at the first step only
+
+
+def test_compiled_layers_follow_the_published_plan_not_what_the_graph_baked(parts):
+    """A host like ComfyUI's compiled UNet: it reaches the patches through an options dict whose guards are
+    dropped (TorchCompileModel's filter), so only the published plan may decide. A second scene (new tokens,
+    ip_scale, start/end) and another CFG layout must run right, the former without a recompile."""
+    from storymaker_core.compiled import build_plan, layer_order, published
+
+    weights, cond, uncond, (q, k, v) = parts
+    keys = layer_order(weights)
+    assert keys == [KEY, ("middle", 0, 0)]
+
+    def host(q, k, v, transformer_options):
+        return torch.stack([transformer_options["patches_replace"][key](q, k, v, {**transformer_options, "n_heads": HEADS})
+                            for key in keys])
+
+    compiled = torch.compile(host, backend="eager", options={
+        "guard_filter_fn": lambda entries: ["transformer_options" not in e.name for e in entries]})
+    frames = []
+
+    def scene(cond, uncond, ip_scale, layout, sigma):
+        shared = StoryMakerAttention(ImageProjections(weights), cond, uncond,
+                                     ImageBranchSettings(ip_scale=ip_scale, sigma_start=4.0, tokens_per_group=4))
+        options = {"patches_replace": {key: LayerPatch(shared, key) for key in keys}, "cond_or_uncond": layout,
+                   "sigmas": torch.tensor([sigma])}
+        plan = build_plan(shared, keys, layout, q.shape[0], options["sigmas"], (3, 4), q.device, q.dtype)
+        with published(plan):
+            out = compiled(q, k, v, options)
+        assert int(plan["counter"]) == len(keys)
+        frames.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+        return out, torch.stack([options["patches_replace"][key](q, k, v, {**options, "n_heads": HEADS}) for key in keys])
+
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(12)
+    for cond_, uncond_, ip_scale, layout, sigma in [(cond, uncond, 0.7, [1, 0], 3.0),
+                                                    (torch.randn(3, 4, CTX, generator=g), uncond, 0.4, [1, 0], 3.0),
+                                                    (cond, uncond, 0.7, [1, 0], 5.0),  # outside start/end
+                                                    (cond, uncond, 0.7, [0, 1, 0], 3.0)]:
+        ours, eager = scene(cond_, uncond_, ip_scale, layout, sigma)
+        measured(f"compiled patch vs eager, layout {layout}, scale {ip_scale}, sigma {sigma}", relative_error(ours, eager), 1e-5)
+        if sigma <= 4.0:
+            rows = [cond_ if kind == 0 else uncond_ for kind in layout for _ in range(q.shape[0] // len(layout))]
+            measured("compiled patch vs float64 reference", relative_error(ours[0], reference(weights, rows, q, k, v, ip_scale)), 1e-5)
+    assert frames[0] == frames[1] == frames[2]  # new tokens, ip_scale, start/end: no recompile
