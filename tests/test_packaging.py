@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("storymaker-story", "storymaker-convert", "storymaker-train", "storymaker-prepare", "storymaker-export")
+SCRIPTS = ("storymaker-story", "storymaker-convert", "storymaker-models", "storymaker-train", "storymaker-prepare", "storymaker-export")
 BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "requirements.txt", "storymaker_core", "training")
 
 

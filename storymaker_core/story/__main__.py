@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="storymaker-story",
         description="Render a story (same cast, many scenes) through ComfyUI's HTTP API. "
                     "Schema: docs/story-runner.md. Rerun the same command to resume.")
-    p.add_argument("story", type=Path, help="story file (.yaml or .json)")
+    p.add_argument("story", type=Path, nargs="+", help="story file(s) (.yaml or .json), rendered one after the other "
+                   "on the same servers (one local ComfyUI for all)")
     p.add_argument("--server", action="append", default=[], metavar="URL",
                    help="ComfyUI server, e.g. http://127.0.0.1:8188; repeat (or comma-separate) for several. "
                         "Without one, a local ComfyUI is started and stopped")
@@ -76,8 +77,8 @@ def output_root(args: argparse.Namespace) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def _servers(args: argparse.Namespace, runner: StoryRunner):
-    """The given servers, or a local ComfyUI started for the duration of the run (its log beside the story)."""
+async def _servers(args: argparse.Namespace, log_path: Path):
+    """The given servers, or a local ComfyUI started for the duration of the run (its log at `log_path`)."""
     servers = _server_urls(args)
     if servers:
         yield servers
@@ -85,7 +86,7 @@ async def _servers(args: argparse.Namespace, runner: StoryRunner):
     root = find_comfyui(args.comfyui)
     async with LocalComfyUI(root, python=args.python or find_python(root), cpu=args.cpu,
                             extra_args=args.comfyui_arg, startup_timeout=args.startup_timeout,
-                            log_path=runner.story_dir / "comfyui.log") as url:
+                            log_path=log_path) as url:
         yield [url]
 
 
@@ -94,22 +95,29 @@ async def _run(args: argparse.Namespace) -> int:
         out_dir=output_root(args), connect_timeout=args.connect_timeout, request_timeout=args.request_timeout,
         scene_timeout=args.scene_timeout, poll_interval=args.poll_interval, max_queue=max(1, args.max_queue),
         max_attempts=max(1, args.attempts), contact_sheet=not args.no_contact_sheet, progress=not args.quiet)
-    runner = StoryRunner(args.story, options=options)
-    if args.check:
-        async with _servers(args, runner) as servers:
+    runners = [StoryRunner(path, options=options) for path in args.story]  # every story file read first
+    # one story: its ComfyUI log beside it; several share one ComfyUI, whose log goes in their common root
+    log_path = (runners[0].story_dir if len(runners) == 1 else options.out_dir) / "comfyui.log"
+    if not args.check and not any(runner.needs_server() for runner in runners):
+        return max([_print_report(runner, await runner.run()) for runner in runners])  # all verified done
+    codes = []
+    async with _servers(args, log_path) as servers:
+        for runner in runners:
             runner.servers = servers
-            fit, unchecked = await runner.check()
-        if fit:
-            print(f"{runner.story.name}: all {len(runner.plans)} scene(s) fit {', '.join(fit)}")
-        for reason in unchecked.values():  # a server that was not fully checked: not a pass
-            print(f"error: not checked: {reason}", file=sys.stderr)
-        return 2 if unchecked or not fit else 0
-    if runner.needs_server():
-        async with _servers(args, runner) as servers:
-            runner.servers = servers
-            report = await runner.run()
-    else:
-        report = await runner.run()  # everything verified done: no server needed
+            codes.append(await _check(runner) if args.check else _print_report(runner, await runner.run()))
+    return max(codes)
+
+
+async def _check(runner: StoryRunner) -> int:
+    fit, unchecked = await runner.check()
+    if fit:
+        print(f"{runner.story.name}: all {len(runner.plans)} scene(s) fit {', '.join(fit)}")
+    for reason in unchecked.values():  # a server that was not fully checked: not a pass
+        print(f"error: not checked: {reason}", file=sys.stderr)
+    return 2 if unchecked or not fit else 0
+
+
+def _print_report(runner: StoryRunner, report) -> int:
     print(f"{runner.story.name}: {len(report.rendered)} rendered, {len(report.skipped)} already done, "
           f"{len(report.refetched)} fetched again, {len(report.failed)} failed, "
           f"{len(report.not_rendered)} not rendered -> {report.story_dir}")

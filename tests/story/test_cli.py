@@ -37,6 +37,19 @@ def test_render_then_rerun_skips_everything(comfy, make_story, tmp_path, capsys)
     assert len(server.accepted) == 3
 
 
+def test_several_stories_render_in_one_command_on_the_same_servers(comfy, make_story, tmp_path, capsys):
+    """A benchmark's 80 story files are one command: each is rendered, in order, into its own folder; a
+    failed story makes the exit code non-zero without stopping the others."""
+    server = comfy.start(reject_seed=7)  # the second story's 'street' scene (seed 7) is refused
+    first = make_story("first.yaml", name="first", scenes=[{"id": "a", "prompt": "alice", "seed": 1}])
+    second = make_story("second.yaml", name="second")
+    assert main([str(first), str(second), "--out", str(tmp_path / "out"), "--server", server.url, *FAST,
+                 "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "first: 1 rendered" in out and "second: 2 rendered, 0 already done, 0 fetched again, 1 failed" in out
+    assert (tmp_path / "out" / "first" / "01-a.png").is_file() and (tmp_path / "out" / "second" / "manifest.json").is_file()
+
+
 def test_story_errors_exit_2_with_the_field(make_story, tmp_path, capsys):
     story = make_story(scenes=[{"prompt": "x", "characters": ["zoe"]}])
     assert cli(story, tmp_path / "out", "--server", "http://127.0.0.1:9", "--quiet") == 2
