@@ -46,7 +46,10 @@ def setup():
 
 
 def sample(setup, patcher, guider="cfg"):
-    """3 euler steps at cfg 5 through ComfyUI's samplers (all wrappers included)."""
+    """3 euler steps at cfg 5 through ComfyUI's samplers (all wrappers included). The compiled image branch runs
+    on SDPA where eager runs ComfyUI's CPU sub-quadratic kernel (it breaks dynamo's graph): ~1e-7 apart per
+    call, which a schedule ending at small sigmas amplifies past 1e-3 under DualCFG/PerpNeg even between two
+    eager runs; KSampler's normal schedule keeps it near 3e-5."""
     import comfy.sample
     import comfy.samplers
     from comfy_extras import nodes_custom_sampler, nodes_perpneg
@@ -65,7 +68,8 @@ def sample(setup, patcher, guider="cfg"):
             g = nodes_perpneg.Guider_PerpNeg(patcher)
             g.set_conds(positive, negative, middle)
             g.set_cfg(5.0, 1.0)
-        return g.sample(noise, latent, comfy.samplers.sampler_object("euler"), torch.tensor([3.0, 1.5, 0.5, 0.0]), seed=0)
+        sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "normal", 3)  # as KSampler's
+        return g.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, seed=0)
 
 
 def dynamo_counts():
