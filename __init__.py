@@ -40,7 +40,7 @@ if folder_paths is not None:
             try:
                 os.makedirs(os.path.join(folder_paths.models_dir, _folder), exist_ok=True)
             except OSError as _exc:  # a read-only install still works with extra_model_paths.yaml
-                logging.getLogger("StoryMaker").warning("StoryMaker: could not create models/%s: %s", _folder, _exc)
+                logging.getLogger(__name__).warning("StoryMaker: could not create models/%s: %s", _folder, _exc)
         from .nodes.routes import register as _register_routes
 
         _register_routes(_prompt_server.routes)

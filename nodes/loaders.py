@@ -8,7 +8,7 @@ from ..storymaker_core.adapter import StoryMakerAdapter
 from ..storymaker_core.weights import load_storymaker_weights
 from .common import CATEGORY
 
-log = logging.getLogger("StoryMaker")
+log = logging.getLogger(__name__)
 
 
 class StoryMakerLoader:

@@ -20,7 +20,7 @@ import re
 
 from ..storymaker_core.model_files import KINDS, Verdict, inspect_file, inspect_insightface_pack
 
-log = logging.getLogger("StoryMaker")
+log = logging.getLogger(__name__)
 ROUTE = "/storymaker/inspect"
 VERSION = 1
 _PACK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -34,7 +34,7 @@ from .model import StoryMakerTrainingModel
 from .previews import save_attention_preview
 from .step import TrainingStep
 
-logger = logging.getLogger("training")
+logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 
 

@@ -23,7 +23,7 @@ from .prompts import DEFAULT_SUBSET, PROMPTS_FILE, SUBSET_HELP, load_prompt_file
 from .report import bar_chart, markdown_table, write_json
 from .scoring import ReferenceEmbeddings, ScoringOptions, score_manifest
 
-logger = logging.getLogger("storymaker_core.evaluate")
+logger = logging.getLogger(__name__)
 COMMANDS = ("score", "story", "prompts")
 
 

@@ -21,7 +21,7 @@ import aiohttp
 
 from .errors import PromptRejected, SceneTimeout, ServerUnavailable
 
-log = logging.getLogger("storymaker.story")
+log = logging.getLogger(__name__)
 EventHandler = Callable[[str, dict], None]
 _FINISHED = {"execution_success", "execution_error", "execution_interrupted"}
 

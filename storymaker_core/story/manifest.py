@@ -19,7 +19,7 @@ from .files import atomic_write
 
 FORMAT = "storymaker-story-manifest"
 VERSION = 1
-log = logging.getLogger("storymaker.story")
+log = logging.getLogger(__name__)
 
 #: Scene states. ``queued``/``running`` keep their prompt id so a rerun can pick the result up;
 #: ``removed``: the scene is no longer in the story (its file, if any, is listed under ``superseded``).

@@ -18,7 +18,7 @@ from .errors import NoServerLeft, ServerUnavailable, StoryError
 from .plan import ScenePlan, Upload
 from .validate import validate_prompts
 
-log = logging.getLogger("storymaker.story")
+log = logging.getLogger(__name__)
 
 
 @dataclass

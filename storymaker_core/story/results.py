@@ -12,7 +12,7 @@ from PIL import Image
 from .client import ComfyClient
 from .errors import SceneFailed, describe_node
 
-log = logging.getLogger("storymaker.story")
+log = logging.getLogger(__name__)
 
 
 def image_problem(data: bytes) -> str | None:

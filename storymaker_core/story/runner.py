@@ -28,7 +28,7 @@ from .progress import Progress
 from .results import download_image, output_images
 from .schema import Story, load_story
 
-log = logging.getLogger("storymaker.story")
+log = logging.getLogger(__name__)
 _REMOVED_WHY = "the scene was removed from the story"
 
 

@@ -21,7 +21,7 @@ import aiohttp
 
 from .errors import StoryError
 
-log = logging.getLogger("storymaker.story")
+log = logging.getLogger(__name__)
 REPO_ROOT = Path(os.path.abspath(__file__)).parents[2]  # not resolved: the pack may be a symlink in custom_nodes
 
 
