@@ -50,7 +50,8 @@ run() {  # run NAME LIMIT_S ARGS...: one benchmark, its log beside its JSON; a f
 run step_overhead 240 benchmarks/step_overhead.py --comfyui "$comfyui" "${overhead[@]}" --out "$out/step_overhead.json"
 run train_throughput_b1 200 benchmarks/train_throughput.py "${train[@]}" --json "$out/train_throughput_b1.json"
 run train_throughput_b8 200 benchmarks/train_throughput.py "${train_big[@]}" --json "$out/train_throughput_b8.json"
-for backend in inductor cudagraphs; do
+for backend in inductor cudagraphs; do  # not in the CPU dry run (no cudagraphs there; minutes of compiling)
+  [ "${GPU_CHECKS_QUICK:-0}" = 1 ] && break
   run "step_overhead_compiled_$backend" 240 benchmarks/step_overhead.py --comfyui "$comfyui" "${overhead[@]}" \
     --compile "$backend" --out "$out/step_overhead_compiled_$backend.json"
 done

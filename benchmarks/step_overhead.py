@@ -10,7 +10,8 @@ baseline, 1/2/3 characters, 2/3 characters with region masks. Variants are inter
 (an eager SDXL step on a GPU is CPU-launch-bound and drifts), the median is reported, and on CUDA each
 variant is also timed captured in a CUDA graph. With `--compile BACKEND` every variant, the baseline too,
 runs through ComfyUI's TorchCompileModel node (its own guard filter) and StoryMaker's compiled path; the
-compiled variants are 1, 2 and 3 characters + masks. Prints one summary line last and writes JSON.
+compiled variants are 1, 2 and 3 characters + masks, and the baseline routes attn2 through a pass-through
+replace (see `pass_through_baseline`). Prints one summary line last and writes JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +29,34 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 FULL_SDXL = {"model_channels": 320, "channel_mult": [1, 2, 4]}
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def pass_through_baseline(compiled, patcher):
+    """The compiled plain model with every attn2 routed through a replace that does what attn2 itself does
+    (to_q/k/v, ComfyUI's optimized_attention, to_out: the same kernels). Under TorchCompileModel's guard
+    filter a frame traced with `patches_replace` fails with KeyError when run without it, so a plain and a
+    patched model cannot be interleaved on one compiled UNet; this baseline has the patched one's structure."""
+    from comfy.ldm.modules.attention import optimized_attention
+
+    import importlib
+
+    from storymaker_core.layout import unet_attention_layers_from_state_dict
+    from support.comfyui import PACK_MODULE
+
+    storymaker_compiled = importlib.import_module(f"{PACK_MODULE}.storymaker_core.compiled")  # the pack's own
+
+    def attn2(q, k, v, extra_options):
+        if storymaker_compiled._PLAN:  # a guard: StoryMaker's calls never reuse this baseline's graphs
+            raise RuntimeError("the pass-through baseline ran inside a StoryMaker call")
+        return optimized_attention(q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision"),
+                                   transformer_options=extra_options)
+
+    baseline = compiled.clone()
+    shapes = {k: tuple(v.shape) for k, v in patcher.model.diffusion_model.state_dict().items()}
+    for layer in unet_attention_layers_from_state_dict(shapes):
+        if layer.is_cross_attention:
+            baseline.set_model_attn2_replace(attn2, *layer.patch_key)
+    return baseline
 
 
 def build(args):
@@ -61,7 +90,7 @@ def build(args):
         from comfy_extras.nodes_torch_compile import TorchCompileModel
 
         base = TorchCompileModel.execute(patcher, args.compile)[0]
-    variants = {"baseline": base if args.compile != "none" else None}
+    variants = {"baseline": pass_through_baseline(base, patcher) if args.compile != "none" else None}
     shapes = ((1, False), (2, False), (3, False), (2, True), (3, True)) if args.compile == "none" else \
         ((1, False), (2, False), (3, True))
     for n, masked in shapes:

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from ..storymaker_core.compiled import build_plan, layer_calls, layer_order, published
+from ..storymaker_core.compiled import build_plan, chain_of, layer_calls, layer_order, published
 from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention, roles_of_cond_lists
 from .common import CATEGORY, progress_bar
 
@@ -28,13 +28,6 @@ class ComfyLayerPatch(LayerPatch):
             return optimized_attention(q, k, v, heads, attn_precision=precision, transformer_options=extra_options)
 
         return attention
-
-    def compiled_image_attention(self, extra_options):
-        """ComfyUI's SDPA kernel: its CPU default (sub-quadratic) breaks dynamo's graph on a memory query."""
-        from comfy.ldm.modules.attention import attention_pytorch
-
-        precision = extra_options.get("attn_precision")
-        return lambda q, k, v, heads, mask=None: attention_pytorch(q, k, v, heads, mask=mask, attn_precision=precision)
 
 
 class GuiderRoles:
@@ -98,7 +91,7 @@ class CompiledCalls:
         self._check_chains()
         plan = build_plan(self.shared, self.keys, transformer_options.get("cond_or_uncond"), x.shape[0],
                           transformer_options.get("sigmas"), x.shape[-2:], x.device,
-                          executor.class_obj.get_dtype_inference())
+                          executor.class_obj.get_dtype_inference(), [self.patches[key].previous for key in self.keys])
         for attempt in (0, 1):
             with published(plan):
                 out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs,
@@ -117,19 +110,27 @@ class CompiledCalls:
                            "attn2 layers run; remove TorchCompileModel (or that node) for this model.")
 
     def _check_chains(self):
-        chained = {key: patch.previous for key, patch in self.patches.items() if patch.previous is not None}
-        if any(isinstance(previous, LayerPatch) for previous in chained.values()):
+        previous = [self.patches[key].previous for key in self.keys]
+        if any(isinstance(p, LayerPatch) for p in previous):
             raise ValueError("Apply StoryMaker was applied twice to a compiled model: that cannot be compiled "
                              "correctly. Put all characters in one Encode StoryMaker Characters and apply once.")
-        if chained and not self.warned:
-            self.warned = True
-            logger.warning("Apply StoryMaker: under torch.compile, another pack's attn2 patches (%s, on %d layers) "
-                           "run inside the compiled UNet, and ComfyUI's TorchCompileModel does not re-check what "
-                           "they read from transformer_options (e.g. their own start/end or CFG chunks): those "
-                           "decisions are fixed when the UNet is compiled. StoryMaker itself stays exact. If that "
-                           "pack's effect must change per step or scene, do not compile this model.",
-                           sorted({getattr(p, "__qualname__", type(p).__name__) for p in chained.values()}),
-                           len(chained))
+        chain = chain_of(previous)[0]
+        if chain == "none" or self.warned:
+            return
+        self.warned = True
+        names = sorted({getattr(p, "__qualname__", type(p).__name__) for p in previous if p is not None})
+        if chain == "per_layer":
+            logger.warning("Apply StoryMaker: another pack's attn2 patches (%s) differ from layer to layer, and "
+                           "under TorchCompileModel one compiled graph can serve several transformer blocks "
+                           "without telling them apart (ComfyUI's guard filter): that pack's layers may run the "
+                           "wrong patch and the image may be wrong. Do not compile this model, or leave that "
+                           "pack out.", names)
+        else:
+            logger.warning("Apply StoryMaker: under TorchCompileModel, another pack's attn2 patch (%s) runs "
+                           "inside the compiled UNet, and ComfyUI does not re-check what it reads from "
+                           "transformer_options (e.g. its own start/end or CFG chunks): those decisions are "
+                           "fixed when the UNet is compiled. StoryMaker itself stays exact. If that pack's "
+                           "effect must change per step or scene, do not compile this model.", names)
 
     def install(self, patcher) -> None:
         from comfy.patcher_extension import WrappersMP

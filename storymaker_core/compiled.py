@@ -44,14 +44,37 @@ def resolutions(latent_hw: Sequence[int], levels: int = 4) -> list:
     return out
 
 
+def math_attention(q: Tensor, k: Tensor, v: Tensor, heads: int, mask: Optional[Tensor] = None) -> Tensor:
+    """softmax(q k^T / sqrt(d) + mask) v per head, written out: the image branch of a compiled call. It adds no
+    graph break and rounds like the single-chunk attention ComfyUI runs on the CPU (a fused SDPA kernel
+    differs by ~1e-7 per call, which CFG-style guiders amplify over a few steps)."""
+    b, lq, inner = q.shape
+    qh, kh, vh = (t.unflatten(-1, (heads, inner // heads)).transpose(1, 2) for t in (q, k, v))
+    scores = qh @ kh.transpose(-2, -1) * (inner // heads) ** -0.5
+    if mask is not None:
+        scores = scores + (mask.unsqueeze(1) if mask.dim() == 3 else mask)
+    return (scores.softmax(dim=-1) @ vh).transpose(1, 2).reshape(b, lq, inner)
+
+
 def layer_order(keys) -> list:
     """attn2 keys in the order an SDXL UNet calls them: input blocks, middle, output blocks, then depth."""
     rank = {"input": 0, "middle": 1, "output": 2}
     return sorted(keys, key=lambda key: (rank[key[0]], key[1], key[2]))
 
 
+def chain_of(previous: Sequence) -> tuple:
+    """How the layers chain another pack's replace: ("none", None), ("uniform", the one callable every layer
+    chains: called through the plan, so it is guarded) or ("per_layer", None): a callable per layer, which a
+    graph shared by several blocks cannot tell apart (the host should warn)."""
+    if all(p is None for p in previous):
+        return "none", None
+    if all(p is previous[0] for p in previous):
+        return "uniform", previous[0]
+    return "per_layer", None
+
+
 def build_plan(shared, keys: Sequence[tuple], layout: Optional[Sequence[int]], batch: int, sigmas,
-               latent_hw: Sequence[int], device, dtype) -> dict:
+               latent_hw: Sequence[int], device, dtype, previous: Sequence = ()) -> dict:
     """Everything one compiled UNet call needs from StoryMaker, computed eagerly (outside the graph).
 
     Args:
@@ -62,9 +85,11 @@ def build_plan(shared, keys: Sequence[tuple], layout: Optional[Sequence[int]], b
         sigmas: the call's sigmas `[B]` (None: always active).
         latent_hw: the latent's `(h, w)`; region biases are made for every resolution below it.
         device, dtype: where and in which dtype the UNet computes.
+        previous: each layer's chained replace (another pack's) or None, in the order of `keys`.
     Returns: {"k", "v": `[layers, 2, L, max hidden]` (row 0 the characters, 1 the negative tokens, zero-padded),
         "counter": 0-dim long set to 0, "rows": `[B]` long (the row each batch row uses), "scale": 0-dim
-        float32, "masked": bool, ("bias", h*w): `[1, h*w, L]` per resolution when masked, "layers": int}.
+        float32, "masked": bool, ("bias", h*w): `[1, h*w, L]` per resolution when masked, "layers": int,
+        "chain", "previous": see `chain_of`}.
     """
     layout = list(layout or [0])
     if batch % len(layout):
@@ -75,6 +100,7 @@ def build_plan(shared, keys: Sequence[tuple], layout: Optional[Sequence[int]], b
             "rows": shared.row_roles(roles, batch // len(layout), device),
             "scale": shared.scale_tensor(shared.is_active({"sigmas": sigmas}), device),
             "masked": bool(shared.settings.region_masks)}
+    plan["chain"], plan["previous"] = chain_of(list(previous) or [None])
     if plan["masked"]:
         for h, w in resolutions(latent_hw):
             plan[("bias", h * w)] = shared.bias_for(h, w, device, dtype)
@@ -110,21 +136,25 @@ def published(plan: dict):
 
 def compiled_layer_forward(q: Tensor, k: Tensor, v: Tensor, extra_options: dict, attention: Callable,
                            previous: Optional[Callable], image_attention: Optional[Callable] = None) -> Tensor:
-    """The layer patch as traced by dynamo: only the published plan decides, never `extra_options`' objects.
+    """The layer patch as traced by dynamo: only the published plan decides, never `extra_options`' objects
+    (`previous`, the patch's own chained replace, only where the layers chain different ones).
 
     q `[B, Lq, hidden]`, k/v `[B, Lk, hidden]` -> `[B, Lq, hidden]`; inactive steps have scale 0.
-    attention: the host's kernel for the text branch; image_attention (default: the same) for the image
-    branch, which should not break the graph (a host kernel that does would add one per layer).
+    attention: the host's kernel for the text branch; image_attention (default: `math_attention`) for the
+    image branch, which should not break the graph (a host kernel that does would add one per layer).
     """
     plan = _PLAN
     if not plan:
         raise RuntimeError(NO_PLAN)
     heads = extra_options["n_heads"]
+    chain = plan["chain"]
+    previous = None if chain == "none" else plan["previous"] if chain == "uniform" else previous
     text = attention(q, k, v, heads, None) if previous is None else previous(q, k, v, extra_options)
     counter, hidden = plan["counter"], q.shape[-1]
-    ip_k, ip_v = (plan[name][counter][..., :hidden] for name in ("k", "v"))  # [2, L, hidden]: this layer's
+    # [2, L, hidden]: this layer's (index_select: a tensor index, never a Python int read back from it)
+    ip_k, ip_v = (plan[name].index_select(0, counter.reshape(1))[0, ..., :hidden] for name in ("k", "v"))
     counter.add_(1)
     rows = plan["rows"]
     mask = plan[("bias", q.shape[1])] if plan["masked"] else None
-    image = (image_attention or attention)(q, ip_k[rows], ip_v[rows], heads, mask)
+    image = (image_attention or math_attention)(q, ip_k[rows], ip_v[rows], heads, mask)
     return text + image * plan["scale"]

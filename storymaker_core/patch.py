@@ -255,14 +255,9 @@ class LayerPatch:
         """The attention kernel; hosts override this to use their own (e.g. ComfyUI's)."""
         return sdpa_attention
 
-    def compiled_image_attention(self, extra_options: dict) -> AttentionFn:
-        """The image branch's kernel inside a compiled UNet: one that adds no graph break."""
-        return sdpa_attention
-
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, extra_options: dict) -> Tensor:
         if torch.compiler.is_compiling():  # inside a traced UNet: only the plan published for the call decides
-            return compiled_layer_forward(q, k, v, extra_options, self.attention_function(extra_options), self.previous,
-                                          self.compiled_image_attention(extra_options))
+            return compiled_layer_forward(q, k, v, extra_options, self.attention_function(extra_options), self.previous)
         count_eager_call()
         text = self.previous(q, k, v, extra_options) if self.previous is not None else None
         return self.shared.forward(self.key, q, k, v, extra_options, self.attention_function(extra_options), text)
