@@ -20,9 +20,8 @@ See docs/compile.md.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-import torch
 from torch import Tensor
 
 _PLAN: dict = {}  # the plan of the compiled model call in progress; empty outside one

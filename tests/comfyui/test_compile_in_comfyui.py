@@ -157,6 +157,7 @@ def test_compiled_patched_equals_eager_patched_and_changes_the_image(runs, case)
 
 def test_no_graph_break_or_recompile_beyond_the_plain_model(runs):
     backend, results, counts, plain = runs
+    print(f"{backend}: (graph breaks, new graphs) per run: {counts}")
     breaks, graphs = counts["plain"]
     first = counts["compile after apply"]  # the first compile: no more than plain's
     assert first[0] <= breaks and first[1] <= graphs, counts
