@@ -13,8 +13,8 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 def _table_rows() -> list[str]:
     text = README.read_text(encoding="utf-8")
-    table = text.split("## Models: which file goes where", 1)[1].split("\n\n", 2)[1]
-    return [line for line in table.splitlines() if line.startswith("| `")]
+    section = text.split("## Models: which file goes where", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| `")]
 
 
 @pytest.mark.parametrize("item", ITEMS, ids=lambda item: item.key)
