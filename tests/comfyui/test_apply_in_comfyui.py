@@ -238,7 +238,7 @@ def test_the_positive_prompt_gets_the_characters_under_every_guider(setup, guide
     chunk, and only it, must get the characters. DualCFG batches [negative, middle, positive]; an area cond
     is copied into the other lists (with the positive's uuid but their text)."""
     import comfy.samplers
-    from comfy_extras import nodes_custom_sampler, nodes_perpneg
+    from support.comfyui import guider as make_guider
 
     pack, model, layers, adapter, embeds, state = setup
     (patched,) = pack.nodes.apply.StoryMakerApply().apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
@@ -249,18 +249,7 @@ def test_the_positive_prompt_gets_the_characters_under_every_guider(setup, guide
         positive.append([torch.zeros(1, 77, 2048), {**pooled(), "area": (8, 8, 0, 0), "strength": 1.0,
                                                     "set_area_to_bounds": False}])
     negative, middle = ([[torch.randn(1, 77, 2048, generator=g), pooled()]] for _ in range(2))
-    if guider_kind == "CFGGuider":
-        guider = comfy.samplers.CFGGuider(patched)
-        guider.set_conds(positive, negative)
-        guider.set_cfg(5.0)
-    elif guider_kind == "DualCFGGuider":
-        guider = nodes_custom_sampler.Guider_DualCFG(patched)
-        guider.set_conds(positive, middle, negative)
-        guider.set_cfg(5.0, 3.0)
-    else:
-        guider = nodes_perpneg.Guider_PerpNeg(patched)
-        guider.set_conds(positive, negative, middle)
-        guider.set_cfg(5.0, 1.0)
+    guider = make_guider(guider_kind, patched, positive, negative, middle)
     seen = []
     patch_cls = type(patched.model_options["transformer_options"]["patches_replace"]["attn2"][layers[1].patch_key])
     original = patch_cls.__call__

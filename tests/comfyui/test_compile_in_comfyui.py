@@ -52,7 +52,7 @@ def sample(setup, patcher, guider="cfg"):
     eager runs; KSampler's normal schedule keeps it near 3e-5."""
     import comfy.sample
     import comfy.samplers
-    from comfy_extras import nodes_custom_sampler, nodes_perpneg
+    from support.comfyui import guider as make_guider
 
     pack, model, adapter, embeds, (positive, negative, middle), noise = setup
     latent = torch.zeros_like(noise)
@@ -60,14 +60,7 @@ def sample(setup, patcher, guider="cfg"):
         if guider == "cfg":
             return comfy.sample.sample(patcher, noise, 3, 5.0, "euler", "normal", positive, negative, latent, seed=0,
                                        disable_pbar=True)
-        if guider == "dual":
-            g = nodes_custom_sampler.Guider_DualCFG(patcher)
-            g.set_conds(positive, middle, negative)
-            g.set_cfg(5.0, 3.0)
-        else:
-            g = nodes_perpneg.Guider_PerpNeg(patcher)
-            g.set_conds(positive, negative, middle)
-            g.set_cfg(5.0, 1.0)
+        g = make_guider("DualCFGGuider" if guider == "dual" else "PerpNegGuider", patcher, positive, negative, middle)
         sigmas = comfy.samplers.calculate_sigmas(patcher.get_model_object("model_sampling"), "normal", 3)  # as KSampler's
         return g.sample(noise, latent, comfy.samplers.sampler_object("euler"), sigmas, seed=0)
 

@@ -178,3 +178,26 @@ def comfyui_server(comfyui: Path, base: Path, timeout: float = 120.0):
                 process.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def guider(kind: str, patcher, positive, negative, middle):
+    """ComfyUI's CFG, DualCFG or PerpNeg guider over `patcher`, with the conds and scales the tests use
+    (DualCFG's middle cond and PerpNeg's empty cond are `middle`)."""
+    import comfy.samplers
+    from comfy_extras import nodes_custom_sampler, nodes_perpneg
+
+    if kind == "CFGGuider":
+        g = comfy.samplers.CFGGuider(patcher)
+        g.set_conds(positive, negative)
+        g.set_cfg(5.0)
+    elif kind == "DualCFGGuider":
+        g = nodes_custom_sampler.Guider_DualCFG(patcher)
+        g.set_conds(positive, middle, negative)
+        g.set_cfg(5.0, 3.0)
+    elif kind == "PerpNegGuider":
+        g = nodes_perpneg.Guider_PerpNeg(patcher)
+        g.set_conds(positive, negative, middle)
+        g.set_cfg(5.0, 1.0)
+    else:
+        raise ValueError(f"unknown guider {kind!r}")
+    return g
