@@ -148,19 +148,18 @@ def _raise_on_mismatch(tensors: Mapping[str, Tensor], expected: Mapping[str, tup
 
 def _failed_download(path: str) -> None:
     """Name the usual failed downloads (an LFS pointer, a web page, other bytes) before any parser sees them."""
+    from .model_files import failed_download  # imported here: model_files judges StoryMaker files with this module
+
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(1024)
-    again = "download the file again (the release's mask.bin is 3.32 GB)"
-    if head.startswith(b"version https://git-lfs"):
-        raise StoryMakerWeightsError(f"{path}: a Git LFS pointer ({size} bytes), not the weights: {again}, e.g. with "
-                                     f"the 'download' button on Hugging Face or `git lfs pull`.")
-    if head.lstrip()[:1] == b"<" and (b"<html" in head.lower() or b"<!doctype" in head.lower()):
-        raise StoryMakerWeightsError(f"{path}: a web page ({size} bytes; a login or error page saved in place of "
-                                     f"the file), not the weights: {again}.")
+    bad = failed_download(head, size)
+    if bad is not None:
+        raise StoryMakerWeightsError(f"{path} {bad.problem}, not StoryMaker's weights; download the file again: "
+                                     f"{bad.fix} (the release's mask.bin is 3.32 GB).")
     if not path.endswith(".safetensors") and not head.startswith((b"PK\x03\x04", b"\x80")):
         raise StoryMakerWeightsError(f"{path}: not a torch checkpoint ({size} bytes; neither a zip archive nor a "
-                                     f"pickle): {again}.")
+                                     f"pickle): download the file again (the release's mask.bin is 3.32 GB).")
 
 
 def read_state_dict(path: str) -> dict:
