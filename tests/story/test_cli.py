@@ -107,8 +107,11 @@ def test_ctrl_c_leaves_a_consistent_manifest_and_the_rerun_finishes(comfy, make_
     server = comfy.start()
     comfy.call(server.pause)
     story, out = make_story(), tmp_path / "out"
+    # Ctrl-C as in a terminal: a pytest started in the background by a non-interactive shell passes its
+    # children SIGINT *ignored*, and Python keeps an ignored SIGINT ignored; restore the default first.
     proc = subprocess.Popen([sys.executable, "-m", "storymaker_core.story", str(story), "--out", str(out), *FAST,
-                             "--server", server.url, "--quiet"], cwd=REPO, stderr=subprocess.PIPE, text=True)
+                             "--server", server.url, "--quiet"], cwd=REPO, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60  # generous: a loaded 2-core CI machine starts Python slowly
     while len(server.accepted) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
