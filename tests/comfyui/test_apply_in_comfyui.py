@@ -9,12 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from storymaker_core.adapter import StoryMakerAdapter
 from storymaker_core.encode import StoryMakerEmbeds
-from storymaker_core.layout import cross_attention_layers, unet_attention_layers_from_state_dict
+from storymaker_core.layout import cross_attention_layers
 from storymaker_core.lora import merge_lora_into_state_dict
-from storymaker_core.weights import expected_image_proj_shapes, expected_ip_adapter_shapes, storymaker_weights_from_state_dict
-from support import measured, relative_error, seeded_weights, tiny_resampler_config
+from support import measured, relative_error
 
 pytestmark = pytest.mark.comfyui
 
@@ -31,17 +29,11 @@ def comfy():
 
 @pytest.fixture(scope="module")
 def setup(comfy):
-    from support.comfyui import load_pack, small_sdxl
+    from support.comfyui import load_pack, seeded_adapter, small_sdxl
 
     pack = load_pack()
     model = small_sdxl()
-    shapes = {k: tuple(v.shape) for k, v in model.model.diffusion_model.state_dict().items()}
-    layers = unet_attention_layers_from_state_dict(shapes)
-    config = tiny_resampler_config(cross_attention_dim=2048, dim_head=64, face_heads=1, character_heads=1,
-                                   character_dim=64, ff_mult=1)
-    state = {"image_proj_model": seeded_weights(expected_image_proj_shapes(config), 1, scale=0.05),
-             "ip_adapter": seeded_weights(expected_ip_adapter_shapes(layers, 8), 2, scale=0.05)}
-    adapter = StoryMakerAdapter(storymaker_weights_from_state_dict(state, "test.safetensors"))
+    layers, adapter, state = seeded_adapter(model)
     g = torch.Generator().manual_seed(3)
     embeds = StoryMakerEmbeds(cond=torch.randn(3, 20, 2048, generator=g), uncond=torch.randn(3, 20, 2048, generator=g),
                               names=["a", "b"])

@@ -11,11 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from storymaker_core.adapter import StoryMakerAdapter
 from storymaker_core.encode import StoryMakerEmbeds
-from storymaker_core.layout import unet_attention_layers_from_state_dict
-from storymaker_core.weights import expected_image_proj_shapes, expected_ip_adapter_shapes, storymaker_weights_from_state_dict
-from support import measured, relative_error, seeded_weights, tiny_resampler_config
+from support import measured, relative_error
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 BACKENDS = ["aot_eager", "inductor"]
@@ -23,17 +20,12 @@ BACKENDS = ["aot_eager", "inductor"]
 
 @pytest.fixture(scope="module")
 def setup():
-    from support.comfyui import comfyui_path_or_skip, import_comfyui, load_pack, small_sdxl
+    from support.comfyui import comfyui_path_or_skip, import_comfyui, load_pack, seeded_adapter, small_sdxl
 
     import_comfyui(Path(str(comfyui_path_or_skip())))
     pack = load_pack()
     model = small_sdxl()
-    layers = unet_attention_layers_from_state_dict({k: tuple(v.shape) for k, v in model.model.diffusion_model.state_dict().items()})
-    config = tiny_resampler_config(cross_attention_dim=2048, dim_head=64, face_heads=1, character_heads=1,
-                                   character_dim=64, ff_mult=1)
-    state = {"image_proj_model": seeded_weights(expected_image_proj_shapes(config), 1, scale=0.05),
-             "ip_adapter": seeded_weights(expected_ip_adapter_shapes(layers, 8), 2, scale=0.05)}
-    adapter = StoryMakerAdapter(storymaker_weights_from_state_dict(state, "test.safetensors"))
+    layers, adapter, _ = seeded_adapter(model)
     g = torch.Generator().manual_seed(3)
     embeds = {n: StoryMakerEmbeds(cond=torch.randn(n + 1, 20, 2048, generator=g),
                                   uncond=torch.randn(n + 1, 20, 2048, generator=g), names=[str(i) for i in range(n)])

@@ -201,3 +201,21 @@ def guider(kind: str, patcher, positive, negative, middle):
     else:
         raise ValueError(f"unknown guider {kind!r}")
     return g
+
+
+def seeded_adapter(model) -> tuple:
+    """(attention layers, StoryMakerAdapter, its state dict) with seeded weights of the release's key layout,
+    sized for `model` (a ModelPatcher of an SDXL-shaped UNet) and a small resampler."""
+    from storymaker_core.adapter import StoryMakerAdapter
+    from storymaker_core.layout import unet_attention_layers_from_state_dict
+    from storymaker_core.weights import (expected_image_proj_shapes, expected_ip_adapter_shapes,
+                                         storymaker_weights_from_state_dict)
+    from support import seeded_weights, tiny_resampler_config
+
+    layers = unet_attention_layers_from_state_dict({k: tuple(v.shape) for k, v in
+                                                    model.model.diffusion_model.state_dict().items()})
+    config = tiny_resampler_config(cross_attention_dim=2048, dim_head=64, face_heads=1, character_heads=1,
+                                   character_dim=64, ff_mult=1)
+    state = {"image_proj_model": seeded_weights(expected_image_proj_shapes(config), 1, scale=0.05),
+             "ip_adapter": seeded_weights(expected_ip_adapter_shapes(layers, 8), 2, scale=0.05)}
+    return layers, StoryMakerAdapter(storymaker_weights_from_state_dict(state, "test.safetensors")), state
