@@ -8,6 +8,7 @@ import numpy as np
 
 from ..storymaker_core.characters import (
     blend_characters,
+    character_file_stem,
     character_from_reference,
     combine_references,
     load_character,
@@ -132,12 +133,19 @@ class StoryMakerSaveCharacter:
     def save(self, character, filename, clip_vision=None):
         import folder_paths
 
+        if str(filename).strip():
+            stem = character_file_stem(filename, "filename")
+        else:
+            stem = character_file_stem(character.name, "filename is empty, so the character's name")
         folder = folder_paths.get_folder_paths("storymaker_characters")[0]
         os.makedirs(folder, exist_ok=True)
-        stem = os.path.basename(filename.strip()) or character.name
         path, n = os.path.join(folder, f"{stem}.safetensors"), 1
-        while os.path.exists(path):  # never overwrite a saved cast member
+        while os.path.lexists(path):  # never overwrite a saved cast member (nor write through a symlink)
             path, n = os.path.join(folder, f"{stem}_{n:03d}.safetensors"), n + 1
+        real_folder = os.path.realpath(folder)
+        if os.path.commonpath([real_folder, os.path.realpath(path)]) != real_folder:  # a second guard
+            raise ValueError(f"filename: {os.path.basename(path)!r} would be written outside "
+                             f"models/storymaker_characters/; write a plain file name such as 'ava'.")
         save_character(path, with_clip_features(character, clip_vision), {"node": "StoryMakerSaveCharacter"})
         return {"ui": {"text": [os.path.basename(path)]}}
 

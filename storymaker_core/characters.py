@@ -198,6 +198,44 @@ def blend_characters(a: Character, b: Character, weight: float) -> Character:
     return replace(a, name=f"{a.name}~{b.name}@{weight:g}", blend_with=b, blend_weight=float(weight), blend_base=a)
 
 
+MAX_FILE_STEM = 200
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+_NOT_IN_FILE_NAMES = '<>:"/\\|?*'
+
+
+def character_file_stem(text: str, what: str) -> str:
+    """``text`` as the stem of the file *Save StoryMaker Character* writes, or ``CharacterError`` naming ``what``
+    (the input it came from) and what to write in ``filename`` instead. Only a plain file name is accepted, on
+    every OS: no path separator, drive, '..', leading dot, control character, character or device name that
+    Windows refuses, at most ``MAX_FILE_STEM`` characters; a trailing ``.safetensors`` is dropped (added again)."""
+    stem = str(text).strip()
+    if stem.lower().endswith(".safetensors"):
+        stem = stem[: -len(".safetensors")].rstrip()
+    shown = repr(stem if len(stem) <= 60 else stem[:57] + "...")
+    if not stem:
+        why = "is empty"
+    elif len(stem) > MAX_FILE_STEM:
+        why = f"is {len(stem)} characters long (at most {MAX_FILE_STEM})"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in stem):
+        why = "holds a control character (NUL, newline, tab...)"
+    elif "/" in stem or "\\" in stem:
+        why = "is a path ('/' or '\\')"
+    elif ":" in stem:
+        why = "holds ':' (a drive letter or a Windows stream)"
+    elif ".." in stem:
+        why = "holds '..'"
+    elif stem.startswith("."):
+        why = "starts with '.'"
+    elif any(c in _NOT_IN_FILE_NAMES for c in stem) or stem.endswith("."):
+        why = f"holds one of {' '.join(_NOT_IN_FILE_NAMES)} or ends with '.' (Windows refuses them)"
+    elif stem.split(".")[0].rstrip().upper() in _WINDOWS_RESERVED:
+        why = "is a device name on Windows (CON, PRN, AUX, NUL, COM1-9, LPT1-9)"
+    else:
+        return stem
+    raise CharacterError(f"{what} {shown} {why}: write a plain file name in filename, such as 'ava' (saved as "
+                         f"models/storymaker_characters/ava.safetensors).")
+
+
 def save_character(path: str, character: Character, metadata: Optional[dict] = None) -> None:
     """Write an encoded character (identity + CLIP features + crops for preview) as `.safetensors`."""
     from safetensors.torch import save_file

@@ -10,6 +10,9 @@ ONNX file's top-level protobuf fields. StoryMaker files are checked key by key a
 ``weights.py`` on shape-only tensors.
 
 ``inspect_file(path, kind)`` / ``inspect_insightface_pack(root, name)`` return a ``Verdict``; nothing raises.
+A verdict never quotes a file's raw bytes (nor an error text that could): only what a readable header says
+(tensor names, shapes, metadata) and sizes. ``inspect_file``'s messages name no path; the pack verdicts name
+the pack's folder, which ``/storymaker/inspect`` rewrites before it answers (``nodes/routes.py``).
 """
 
 from __future__ import annotations
@@ -82,17 +85,18 @@ def read_safetensors_header(path: str | Path, size: int) -> tuple[dict[str, tupl
         if len(raw) < 8:
             raise _Bad(f"is {size} bytes: too short for a .safetensors file (truncated)")
         (length,) = struct.unpack("<Q", raw)
-        if length > min(size - 8, _MAX_HEADER):
-            raise _Bad(f"is not a readable .safetensors file: its header claims {length} bytes but the file is "
-                       f"{_size(size)} (truncated, or not a .safetensors file)")
+        if length > min(size - 8, _MAX_HEADER):  # the number is the file's first 8 bytes: never shown
+            raise _Bad(f"is not a readable .safetensors file: its header claims more than the file's {_size(size)} "
+                       f"(truncated, or not a .safetensors file)")
         try:
             header = json.loads(f.read(length))
             metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
             entries = {k: v for k, v in header.items() if k != "__metadata__"}
             ends = [int(v["data_offsets"][1]) for v in entries.values()]
             shapes = {k: (str(v["dtype"]), tuple(int(d) for d in v["shape"])) for k, v in entries.items()}
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-            raise _Bad(f"is not a readable .safetensors file (its header is damaged: {exc})") from None
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):  # their text quotes the file: not shown
+            raise _Bad("is not a readable .safetensors file (its header is damaged: not JSON, or a tensor without "
+                       "a whole-number shape, dtype and data_offsets)") from None
     expected = 8 + length + max(ends, default=0)
     if expected > size:
         raise _Bad(f"is truncated: {_size(size)} on disk, its header describes {_size(expected)}")
@@ -110,18 +114,21 @@ def read_torch_keys(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]]] 
 
     import torch
 
+    # The errors' own text can quote the file's bytes or name its path: only what kind of error it was is told.
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
-        raise _Bad(f"holds Python objects besides tensors, which ComfyUI does not unpickle (it could run code): "
-                   f"{str(exc).splitlines()[0][:200]}", "use a .safetensors version of the model") from None
+        if "weights only" not in str(exc).lower() and "unsupported global" not in str(exc).lower():
+            raise _Bad("cannot be read as a torch file (its data.pkl is damaged): truncated or damaged") from None
+        raise _Bad("holds Python objects besides tensors, which ComfyUI does not unpickle (it could run code)",
+                   "use a .safetensors version of the model") from None
     except RuntimeError as exc:
         if "mmap" in str(exc) and "zip" in str(exc).lower():
             return None
-        raise _Bad(f"cannot be read as a torch file ({str(exc).splitlines()[0][:200]}): truncated or damaged") \
+        raise _Bad("cannot be read as a torch file (not a complete torch zip archive): truncated or damaged") \
             from None
-    except (EOFError, OSError, ValueError) as exc:
-        raise _Bad(f"cannot be read as a torch file ({exc}): truncated or damaged") from None
+    except (EOFError, OSError, ValueError):
+        raise _Bad("cannot be read as a torch file: truncated or damaged") from None
     flat: dict[str, tuple[str, tuple[int, ...]]] = {}
 
     def walk(value, prefix: str) -> None:
@@ -263,7 +270,8 @@ def inspect_file(path: str | Path, kind: str) -> Verdict:
     except _Bad as bad:
         return Verdict(False, problem=bad.problem, fix=bad.fix)
     except OSError as exc:
-        return Verdict(False, problem=f"cannot be read ({exc.strerror or exc})", fix="check its permissions")
+        return Verdict(False, problem=f"cannot be read ({exc.strerror or type(exc).__name__})",
+                       fix="check its permissions")
     return Verdict(True, found=f"{found}, {_size(size)}")
 
 

@@ -1,19 +1,29 @@
 """A real ComfyUI server (`main.py --cpu`) loads the pack: no IMPORT FAILED, every node in /object_info, the
-pack's model folders created, and its /storymaker/inspect route judging files only inside the model folders.
+pack's model folders created, its /storymaker/inspect route judging only the model files the story runner
+asks about (never a path of the server nor a file's bytes), and Save StoryMaker Character writing only inside
+models/storymaker_characters/ when queued through /prompt.
 
 Needs COMFYUI_PATH (a ComfyUI v0.14.1 source tree) and its requirements in this Python; skipped otherwise.
 """
 
 import json
+import os
+import struct
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from support.comfyui import REPO, comfyui_server
 from support.model_headers import SD15_KEYS, SDXL_KEYS, write_safetensors
+
+SECRET = b"TOPSECRT: a file that is no model"
+SECRET_NUMBER = str(struct.unpack("<Q", SECRET[:8])[0])  # what its first 8 bytes read as a header size
 
 pytestmark = pytest.mark.comfyui
 
@@ -38,6 +48,16 @@ def server(tmp_path_factory):
     write_safetensors(checkpoints / "good-sdxl.safetensors", SDXL_KEYS)
     write_safetensors(checkpoints / "v1-5.safetensors", SD15_KEYS)
     write_safetensors(base / "outside.safetensors", SDXL_KEYS)  # beside models/: must never be answered for
+    (checkpoints / "linked.safetensors").symlink_to(base / "outside.safetensors")  # listed by ComfyUI: answered
+    for folder, name in [("custom_nodes", "secret.safetensors"), ("models/checkpoints", "secret.pkl"),
+                         ("models/checkpoints", "notes.txt"), ("models/checkpoints", "secret-text.safetensors"),
+                         ("models/configs", "secret.yaml"), ("models/embeddings", "secret.safetensors"),
+                         ("models/insightface", "notes.txt"), ("input", "secret.safetensors"),
+                         ("user", "secret.safetensors")]:
+        (base / folder).mkdir(parents=True, exist_ok=True)
+        (base / folder / name).write_bytes(SECRET)
+    header = json.dumps({"w": {"dtype": "F16", "shape": [SECRET.decode()], "data_offsets": [0, 2]}}).encode()
+    (checkpoints / "damaged-header.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0")
     with comfyui_server(Path(comfyui), base) as url:
         with urllib.request.urlopen(f"{url}/object_info", timeout=30) as response:
             info = json.load(response)
@@ -97,21 +117,48 @@ def inspect(url: str, files: list) -> tuple:
         return e.code, json.loads(e.read())
 
 
+def assert_tells_nothing(answer: dict, base: Path, asked: str = "") -> None:
+    """No path of the server (its base directory, its ComfyUI tree) and no byte of a non-model file in the
+    answer; ``asked``, a path the client itself sent, may come back only as the echoed ``name``."""
+    text = json.dumps(answer).replace(json.dumps(asked)[1:-1], "<asked>") if asked else json.dumps(answer)
+    comfyui = os.environ.get("COMFYUI_PATH", "")
+    for secret in {str(base), os.path.realpath(base), comfyui, os.path.realpath(comfyui)} - {""}:
+        assert secret not in text, f"the answer names the server's path {secret}: {text}"
+    for secret in (SECRET[:8].decode(), SECRET_NUMBER):
+        assert secret not in text, f"the answer quotes a file's bytes ({secret}): {text}"
+
+
 def test_inspect_route_judges_model_files_from_their_headers(server):
-    _, _, url = server
+    _, log, url = server
     status, answer = inspect(url, [
         {"folder": "checkpoints", "name": "placeholder.safetensors", "kind": "sdxl_checkpoint"},
         {"folder": "checkpoints", "name": "good-sdxl.safetensors", "kind": "sdxl_checkpoint"},
         {"folder": "checkpoints", "name": "v1-5.safetensors", "kind": "sdxl_checkpoint"},
         {"folder": "checkpoints", "name": "not-there.safetensors", "kind": "checkpoint"},
-        {"folder": "insightface", "name": "buffalo_l", "kind": "insightface_pack"}])
+        {"folder": "insightface", "name": "buffalo_l", "kind": "insightface_pack"},
+        {"folder": "checkpoints", "name": "linked.safetensors", "kind": "sdxl_checkpoint"}])
     assert status == 200 and answer["version"] == 1
-    empty, good, sd15, absent, pack = answer["results"]
+    empty, good, sd15, absent, pack, linked = answer["results"]
     assert not empty["ok"] and "is empty (0 bytes)" in empty["problem"] and empty["fix"]
     assert good["ok"] and "SDXL checkpoint" in good["found"], good
     assert not sd15["ok"] and "SD1.5" in sd15["problem"]
     assert not absent["ok"] and "is not in ComfyUI's 'checkpoints' folder" in absent["problem"]
-    assert not pack["ok"] and "buffalo_l" in pack["fix"] and pack["path"].endswith("insightface/models/buffalo_l")
+    assert "ComfyUI/models/checkpoints/" in absent["fix"]
+    assert not pack["ok"] and "models/insightface/models/buffalo_l" in pack["fix"] and "buffalo_l.zip" in pack["fix"]
+    assert linked["ok"] and "SDXL checkpoint" in linked["found"]  # symlinked in: ComfyUI lists and loads it too
+    assert all("path" not in result for result in answer["results"])
+    assert_tells_nothing(answer, log.parent)
+
+
+@pytest.mark.parametrize("name", ["secret-text.safetensors", "damaged-header.safetensors"])
+def test_inspect_route_never_quotes_a_files_bytes(server, name):
+    """A listed file with a model extension whose content is no model: judged, but its bytes are never told
+    (not as a "header size", not inside a JSON or int() error)."""
+    _, log, url = server
+    status, answer = inspect(url, [{"folder": "checkpoints", "name": name, "kind": "checkpoint"}])
+    (result,) = answer["results"]
+    assert status == 200 and not result["ok"] and "not a readable .safetensors file" in result["problem"], result
+    assert_tells_nothing(answer, log.parent)
 
 
 @pytest.mark.parametrize("folder, name, kind", [
@@ -119,27 +166,128 @@ def test_inspect_route_judges_model_files_from_their_headers(server):
     ("checkpoints", "sub/../../../outside.safetensors", "sdxl_checkpoint"),
     ("checkpoints", "..\\..\\outside.safetensors", "sdxl_checkpoint"),
     ("checkpoints", "OUTSIDE", "sdxl_checkpoint"),  # replaced by the absolute path of the file outside
+    ("checkpoints", "/etc/passwd", "checkpoint"),
+    ("checkpoints", "C:\\Windows\\win.ini", "checkpoint"),
+    ("checkpoints", "good-sdxl.safetensors\x00.txt", "checkpoint"),
+    ("checkpoints", "\x00", "checkpoint"),
     ("../..", "outside.safetensors", "checkpoint"),
     ("no_such_folder", "outside.safetensors", "checkpoint"),
     ("insightface", "../../../outside.safetensors", "insightface_pack"),
     ("checkpoints", "good-sdxl.safetensors", "rm -rf"),
+    # ComfyUI folders the story runner never asks about; custom_nodes and insightface list every file
+    ("custom_nodes", "secret.safetensors", "checkpoint"),
+    ("custom_nodes", "secret.safetensors", "model"),
+    ("custom_nodes", "ComfyUI-StoryMaker/__init__.py", "model"),
+    ("custom_nodes", "ComfyUI-StoryMaker", "insightface_pack"),
+    ("configs", "secret.yaml", "checkpoint"),
+    ("embeddings", "secret.safetensors", "model"),
+    ("insightface", "notes.txt", "model"),
+    ("user", "secret.safetensors", "model"),
+    ("input", "secret.safetensors", "model"),
+    ("output", "secret.safetensors", "model"),
+    ("temp", "secret.safetensors", "model"),
+    # an allowed folder, but a kind that is not looked up there, or an extension that is no model's
+    ("storymaker_characters", "good-sdxl.safetensors", "checkpoint"),
+    ("checkpoints", "notes.txt", "checkpoint"),
+    ("checkpoints", "secret.pkl", "sdxl_checkpoint"),
 ])
 def test_inspect_route_refuses_anything_outside_the_model_folders(server, folder, name, kind):
     _, log, url = server
     name = str(log.parent / "outside.safetensors") if name == "OUTSIDE" else name
+    asked = name if name.startswith(("/", "C:")) else ""
     status, answer = inspect(url, [{"folder": folder, "name": name, "kind": kind}])
     (result,) = answer["results"]
     assert status == 200 and result["refused"] is True and not result["ok"]
-    assert result["path"] is None and not result["found"]  # nothing about the file was read or told
+    assert "path" not in result and not result["found"]  # nothing about the file was read or told
+    assert_tells_nothing(answer, log.parent, asked)
     query = urllib.parse.urlencode({"folder": folder, "name": name, "kind": kind})
     try:
         urllib.request.urlopen(f"{url}/storymaker/inspect?{query}", timeout=30)
         pytest.fail("GET answered 200 for a path outside the model folders")
     except urllib.error.HTTPError as e:
-        assert e.code == 400 and json.loads(e.read())["results"][0]["refused"] is True
+        answer = json.loads(e.read())
+        assert e.code == 400 and answer["results"][0]["refused"] is True
+        assert_tells_nothing(answer, log.parent, asked)
 
 
 def test_inspect_route_rejects_a_malformed_request(server):
     _, _, url = server
     status, answer = inspect(url, "not a list")
     assert status == 400 and "expected" in answer["error"]
+
+
+# -- Save StoryMaker Character through /prompt ----------------------------------------------------------
+
+def run_prompt(url: str, prompt: dict, timeout: float = 60.0) -> dict:
+    """Queue ``prompt`` through HTTP and wait for its history entry."""
+    request = urllib.request.Request(f"{url}/prompt", data=json.dumps({"prompt": prompt}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        prompt_id = json.load(response)["prompt_id"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with urllib.request.urlopen(f"{url}/history/{prompt_id}", timeout=30) as response:
+            entry = json.load(response).get(prompt_id)
+        if entry and entry.get("status", {}).get("completed") is not None:
+            return entry
+        time.sleep(0.1)
+    pytest.fail(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def saved_characters(server):
+    """models/storymaker_characters with a saved character named 'ava' and ones whose name is a path."""
+    from storymaker_core.characters import Character, save_character
+
+    _, log, _ = server
+    base = log.parent
+    folder = base / "models" / "storymaker_characters"  # created by the pack when the server started
+    names = {"ava.safetensors": "ava", "up.safetensors": "../../../escaped-by-name",
+             "absolute.safetensors": str(base / "escaped-absolute")}
+    for file, name in names.items():
+        save_character(str(folder / file), Character(
+            name=name, id_embedding=torch.zeros(512), character_image=np.zeros((1, 8, 8, 3), np.uint8),
+            character_clip=torch.zeros(4, 8), identity="appearance"))
+    return base, folder
+
+
+def safetensors_files(root: Path) -> set:
+    return {str(p) for p in root.rglob("*.safetensors")}
+
+
+def save_through_http(url: str, character_file: str, filename: str) -> dict:
+    return run_prompt(url, {
+        "1": {"class_type": "StoryMakerLoadCharacter", "inputs": {"character_file": character_file}},
+        "2": {"class_type": "StoryMakerSaveCharacter", "inputs": {"character": ["1", 0], "filename": filename}}})
+
+
+def test_save_character_through_http_writes_a_plain_name_in_its_folder(server, saved_characters):
+    _, _, url = server
+    base, folder = saved_characters
+    entry = save_through_http(url, "ava.safetensors", "ava-through-http")
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert (folder / "ava-through-http.safetensors").is_file()
+
+
+@pytest.mark.parametrize("character_file, filename, says", [
+    ("ava.safetensors", "../../../escaped-by-filename", "filename '../../../escaped-by-filename' is a path"),
+    ("ava.safetensors", "ABSOLUTE", "filename '/"),
+    ("ava.safetensors", "..\\..\\escaped", "filename '..\\\\..\\\\escaped' is a path"),
+    ("ava.safetensors", "..", "filename '..' holds '..'"),
+    ("ava.safetensors", "x\x00y", "control character"),
+    ("up.safetensors", "", "the character's name '../../../escaped-by-name' is a path"),
+    ("absolute.safetensors", " ", "the character's name '/"),
+])
+def test_save_character_through_http_refuses_a_path(server, saved_characters, character_file, filename, says):
+    """With a hostile filename, or an empty one and a character whose name is a path: an execution error that
+    names the input, and no file written anywhere (inside the folder or out of it)."""
+    _, _, url = server
+    base, folder = saved_characters
+    filename = str(base / "escaped-absolute-filename") if filename == "ABSOLUTE" else filename
+    before = safetensors_files(base.parent)
+    entry = save_through_http(url, character_file, filename)
+    assert entry["status"]["status_str"] == "error", entry["status"]
+    (error,) = [data for event, data in entry["status"]["messages"] if event == "execution_error"]
+    assert error["node_type"] == "StoryMakerSaveCharacter" and says in error["exception_message"], error
+    assert "write a plain file name in filename" in error["exception_message"]
+    assert safetensors_files(base.parent) == before

@@ -7,6 +7,8 @@ Files are written with the real formats and the real key names and shapes, at al
 from __future__ import annotations
 
 import argparse
+import json
+import struct
 from pathlib import Path
 
 import pytest
@@ -233,3 +235,35 @@ def test_old_format_pickle_is_left_to_the_loader_not_loaded(tmp_path):
     torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False)
     verdict = inspect_file(path, "sam")
     assert verdict.ok and "old-format torch pickle" in verdict.found
+
+
+# -- what a verdict may tell ------------------------------------------------------------------------
+
+SECRET = b"TOPSECRT: text, not a model"
+
+
+def _damaged_header(path: Path) -> Path:
+    header = json.dumps({"w": {"dtype": "F16", "shape": [SECRET.decode()], "data_offsets": [0, 2]}}).encode()
+    path.write_bytes(struct.pack("<Q", len(header)) + header + b"\0\0")
+    return path
+
+
+def _bad_utf8_header(path: Path) -> Path:
+    path.write_bytes(struct.pack("<Q", 4) + b"{\xff\xfe}")
+    return path
+
+
+@pytest.mark.parametrize("write, name", [(lambda p: p.write_bytes(SECRET) and p, "x.safetensors"),
+                                         (_damaged_header, "x.safetensors"), (_bad_utf8_header, "x.safetensors"),
+                                         (lambda p: p.write_bytes(b"PK\x03\x04" + SECRET) and p, "x.ckpt"),
+                                         (lambda p: p.write_bytes(SECRET) and p, "x.pth")])
+def test_a_verdict_never_quotes_the_files_bytes_nor_its_path(tmp_path, write, name):
+    """/storymaker/inspect sends these verdicts to any client: the first 8 bytes read as a header size, a JSON
+    or int() error quoting the header, a torch error naming the path are never part of them."""
+    path = tmp_path / name
+    write(path)
+    verdict = inspect_file(path, "checkpoint")
+    text = json.dumps(verdict.to_json())
+    assert not verdict.ok and verdict.problem, verdict
+    for secret in (SECRET[:8].decode(), str(struct.unpack("<Q", SECRET[:8])[0]), "\\u00ff", "0xff", str(tmp_path)):
+        assert secret not in text, (secret, text)
