@@ -36,8 +36,8 @@ class GuiderRoles:
     positive]); the guider names its lists. Two wrappers: OUTER_SAMPLE sees the guider, CALC_COND_BATCH
     the lists of each call (matched by identity: area conds copied across lists keep their uuid)."""
 
-    def __init__(self, shared: StoryMakerAttention):
-        self.shared, self.guider = shared, None
+    def __init__(self, shared: StoryMakerAttention, free_after_sampling: bool = False):
+        self.shared, self.guider, self.free_after_sampling = shared, None, free_after_sampling
 
     def outer_sample(self, executor, *args, **kwargs):
         previous, self.guider = self.guider, executor.class_obj
@@ -45,6 +45,8 @@ class GuiderRoles:
             return executor(*args, **kwargs)
         finally:
             self.guider = previous
+            if self.free_after_sampling and previous is None:
+                self.shared.release_caches()
 
     def calc_cond_batch(self, executor, model, conds, *args, **kwargs):
         named = getattr(self.guider, "conds", None)
@@ -138,7 +140,7 @@ class CompiledCalls:
         patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, "storymaker", self.apply_model)
 
 
-def _region_masks(masks, num_characters):
+def region_masks(masks, num_characters):
     given = [(i, m) for i, m in enumerate(masks) if m is not None]
     if not given:
         return None
@@ -147,10 +149,10 @@ def _region_masks(masks, num_characters):
             raise ValueError(f"mask_{i + 1} is connected but the embeds hold only {num_characters} character(s).")
         if float(m.max()) <= 0:
             raise ValueError(f"mask_{i + 1} is empty: paint the region where character {i + 1} should appear.")
-    return [None if m is None else _one_region(m, f"mask_{i + 1}") for i, m in enumerate(masks[:num_characters])]
+    return [None if m is None else one_region(m, f"mask_{i + 1}") for i, m in enumerate(masks[:num_characters])]
 
 
-def _one_region(mask, name):
+def one_region(mask, name):
     """`[H, W]` from a MASK `[H, W]` / `[B, H, W]` / `[B, 1, H, W]`: one region per character, for every image."""
     region = mask.reshape(-1, *mask.shape[-2:]) if mask.dim() >= 2 else None
     if region is None or mask.dim() > 4:
@@ -158,6 +160,61 @@ def _one_region(mask, name):
     if region.shape[0] > 1 and not torch.equal(region, region[:1].expand_as(region)):
         logger.warning("%s holds %d different masks; StoryMaker uses the first for every image.", name, region.shape[0])
     return region[0].float().cpu()
+
+
+def unet_layers(model, storymaker):
+    """The SDXL attention layers of `model`'s UNet, after checking that the StoryMaker file fits them."""
+    model_name = type(model.model).__name__
+    shapes = {k: tuple(v.shape) for k, v in model.model.diffusion_model.state_dict().items()}
+    return storymaker.layers_for(shapes, f"the connected model ({model_name})")
+
+
+def add_lora(patched, storymaker, layers, lora_scale: float) -> None:
+    """StoryMaker's LoRA as ComfyUI weight patches (merged into the UNet when it loads, free per step)."""
+    from comfy.weight_adapter import LoRAAdapter
+
+    if lora_scale == 0:
+        return
+    lora = {f"diffusion_model.{key}": LoRAAdapter(set(), (pair.up, pair.down, None, None, None, None))
+            for key, pair in storymaker.lora(layers).items()}
+    added = patched.add_patches(lora, strength_patch=lora_scale)
+    if len(added) != len(lora):
+        missing = sorted(set(lora) - set(added))[:3]
+        raise ValueError(f"StoryMaker's LoRA did not find {len(lora) - len(added)} weights in the model, e.g. {missing}.")
+
+
+def sigma_range(patched, start_at: float, end_at: float) -> tuple:
+    """(sigma_start, sigma_end) of [start_at, end_at]. The whole range is "always on" (inf, 0), not
+    percent_to_sigma's 999999999.9: then the patch never reads the step's sigma back from the device, so a
+    sampling step stays free of host syncs."""
+    if start_at >= end_at:
+        raise ValueError(f"start_at ({start_at}) must be below end_at ({end_at}).")
+    sampling = patched.get_model_object("model_sampling")
+    sigma_start = float("inf") if start_at <= 0 else float(sampling.percent_to_sigma(start_at))
+    sigma_end = 0.0 if end_at >= 1 else float(sampling.percent_to_sigma(end_at))
+    return sigma_start, sigma_end
+
+
+def add_image_branch(patched, storymaker, layers, embeds, ip_scale: float, start_at: float, end_at: float,
+                     region_masks=None, free_after_sampling: bool = False) -> StoryMakerAttention:
+    """The characters' image tokens on all cross-attentions of `patched` (a clone), chained after any attn2
+    patch already there. `free_after_sampling` drops the image K/V when a sampling ends (a story's scenes)."""
+    sigma_start, sigma_end = sigma_range(patched, start_at, end_at)
+    settings = ImageBranchSettings(ip_scale=ip_scale, sigma_start=sigma_start, sigma_end=sigma_end,
+                                   region_masks=region_masks, tokens_per_group=embeds.cond.shape[1])
+    shared = StoryMakerAttention(storymaker.projections(layers), embeds.cond, embeds.uncond, settings)
+    GuiderRoles(shared, free_after_sampling).install(patched)
+    existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
+    if any(isinstance(p, LayerPatch) for p in existing.values()):
+        logger.warning("Apply StoryMaker: the model already went through Apply StoryMaker; the image branches add "
+                       "up (and StoryMaker's LoRA, unless a lora_scale is 0, is applied twice). Put all "
+                       "characters in one Encode StoryMaker Characters and apply once.")
+    patches = {layer.patch_key: ComfyLayerPatch(shared, layer.patch_key, existing.get(layer.patch_key))
+               for layer in layers if layer.is_cross_attention}
+    for key, patch in patches.items():
+        patched.set_model_attn2_replace(patch, *key)
+    CompiledCalls(shared, patches).install(patched)
+    return shared
 
 
 class StoryMakerApply:
@@ -187,43 +244,15 @@ class StoryMakerApply:
 
     def apply(self, model, storymaker, embeds, ip_scale, lora_scale, start_at, end_at, mask_1=None, mask_2=None,
               mask_3=None):
-        from comfy.weight_adapter import LoRAAdapter
-
         if start_at >= end_at:
             raise ValueError(f"start_at ({start_at}) must be below end_at ({end_at}).")
-        model_name = type(model.model).__name__
-        shapes = {k: tuple(v.shape) for k, v in model.model.diffusion_model.state_dict().items()}
-        layers = storymaker.layers_for(shapes, f"the connected model ({model_name})")
+        layers = unet_layers(model, storymaker)
         bar = progress_bar(2)
         patched = model.clone()
-        if lora_scale != 0:
-            lora = {f"diffusion_model.{key}": LoRAAdapter(set(), (pair.up, pair.down, None, None, None, None))
-                    for key, pair in storymaker.lora(layers).items()}
-            added = patched.add_patches(lora, strength_patch=lora_scale)
-            if len(added) != len(lora):
-                missing = sorted(set(lora) - set(added))[:3]
-                raise ValueError(f"StoryMaker's LoRA did not find {len(lora) - len(added)} weights in the model, e.g. {missing}.")
+        add_lora(patched, storymaker, layers, lora_scale)
         bar.update(1)
-        sampling = patched.get_model_object("model_sampling")
-        # The whole range is "always on" (inf, 0), not percent_to_sigma's 999999999.9: then the patch never
-        # reads the step's sigma back from the device, so a sampling step stays free of host syncs.
-        sigma_start = float("inf") if start_at <= 0 else float(sampling.percent_to_sigma(start_at))
-        sigma_end = 0.0 if end_at >= 1 else float(sampling.percent_to_sigma(end_at))
-        settings = ImageBranchSettings(ip_scale=ip_scale, sigma_start=sigma_start, sigma_end=sigma_end,
-                                       region_masks=_region_masks([mask_1, mask_2, mask_3], embeds.num_characters),
-                                       tokens_per_group=embeds.cond.shape[1])
-        shared = StoryMakerAttention(storymaker.projections(layers), embeds.cond, embeds.uncond, settings)
-        GuiderRoles(shared).install(patched)
-        existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
-        if any(isinstance(p, LayerPatch) for p in existing.values()):
-            logger.warning("Apply StoryMaker: the model already went through Apply StoryMaker; the image branches add "
-                           "up (and StoryMaker's LoRA, unless a lora_scale is 0, is applied twice). Put all "
-                           "characters in one Encode StoryMaker Characters and apply once.")
-        patches = {layer.patch_key: ComfyLayerPatch(shared, layer.patch_key, existing.get(layer.patch_key))
-                   for layer in layers if layer.is_cross_attention}
-        for key, patch in patches.items():
-            patched.set_model_attn2_replace(patch, *key)
-        CompiledCalls(shared, patches).install(patched)
+        add_image_branch(patched, storymaker, layers, embeds, ip_scale, start_at, end_at,
+                         region_masks(masks=[mask_1, mask_2, mask_3], num_characters=embeds.num_characters))
         bar.update(1)
         return (patched,)
 

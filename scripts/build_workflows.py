@@ -231,6 +231,38 @@ def reuse_saved_character() -> dict:
     return g.nodes
 
 
+STORY_SCRIPT = """# one scene per line: [names] on stage (left to right), options after |
+[ava] drinking coffee in a sunny kitchen, morning light
+[ava, ben] walking side by side in a park, autumn | seed=42
+[ben] reading a newspaper on a bench | candidates=4
+[ben, ava, rex] at a picnic | layout=thirds
+[NC] an empty street at dawn, rain
+"""
+
+
+def story_in_one_node() -> dict:
+    """A whole story from one script: cast -> StoryMaker Story -> images, consistency scores and a storyboard."""
+    g = Graph()
+    ckpt, sm, face, clip_vision = base(g)
+    members = [character(g, face, slot, name) for slot, name in ((1, "ava"), (2, "ben"), (3, "rex"))]
+    cast = g.add("StoryMakerCast", "Cast", **{f"characters.character_{i}": out(m) for i, m in enumerate(members, 1)},
+                 face_only=False, descriptions="# optional: a description replaces the name in the prompt\n"
+                                               "rex: a small brown dog", clip_vision=out(clip_vision))
+    story = g.add("StoryMakerStory", "Story", model=out(ckpt), clip=out(ckpt, 1), vae=out(ckpt, 2), storymaker=out(sm),
+                  cast=out(cast), script=STORY_SCRIPT, story_name="ava-and-ben", style_prefix="photo",
+                  style_suffix="high quality", negative=NEGATIVE, width=1024, height=1024, seed=666, steps=25, cfg=7.5,
+                  sampler_name="uni_pc", scheduler="normal", ip_scale=0.8, lora_scale=0.8, start_at=0.0, end_at=1.0)
+    g.add("PreviewImage", "Story images", images=out(story))
+    scores = g.add("StoryMakerConsistencyScores", "Consistency scores", images=out(story), story=out(story, 1),
+                   cast=out(cast), insightface=out(face), clip_vision=out(clip_vision), face_threshold=0.3,
+                   clip_threshold=0.75)
+    page = g.add("StoryMakerStoryboard", "Storyboard", images=out(story), story=out(scores), style="grid",
+                 columns=3, panel_width=384, gutter=16, order="", captions=True, rows="3,2", page_width=1536,
+                 background="dark")
+    g.add("SaveImage", "Storyboard page", images=out(page), filename_prefix="storymaker/ava-and-ben-storyboard")
+    return g.nodes
+
+
 WORKFLOWS = {
     "01-one-character-story": lambda: one_character([
         "a woman drinking coffee in a sunny kitchen, morning light, photo",
@@ -245,6 +277,7 @@ WORKFLOWS = {
     "08-reuse-saved-character": reuse_saved_character,
     "09-automatic-mask-sam": lambda: one_character(["a woman drinking coffee in a sunny kitchen, morning light, photo"],
                                                    segment=True),  # no mask file: Segment Anything makes it
+    "10-story-in-one-node": story_in_one_node,
     "story-template-one-character": lambda: one_character(["a woman in a sunny kitchen, photo"]),
     "story-template-two-characters": two_characters_regions,
     "story-template-three-characters": lambda: characters_in_regions(3),
@@ -270,6 +303,10 @@ ABOUT = {  # what each example shows, for the note at its top (the files it need
                          "so later workflows need neither InsightFace nor CLIP vision (see 08).",
     "08-reuse-saved-character": "A saved character (from 07) in a new scene: no photo, no face analysis.",
     "09-automatic-mask-sam": "No mask file: Segment Anything cuts the character out around the detected face.",
+    "10-story-in-one-node": "A whole story in one node: name the characters, write one scene per line in the Story "
+                            "node (`[ava, ben] walking in a park | seed=42`, `[NC]` = nobody) and queue. Edit a line "
+                            "and queue again: only that scene is sampled again. Images: "
+                            "`output/storymaker/<story_name>/`; grammar: the pack's `docs/story-script.md`.",
     "story-template-one-character": "Template for the story runner (`python -m storymaker_core.story`): it fills the "
                                     "nodes titled character:1, mask:1, positive, negative, latent, sampler, output.",
     "story-template-two-characters": "Template for the story runner with two characters and their regions: it fills "

@@ -70,12 +70,13 @@ def _blended_tokens(resampler: StoryMakerResampler, character: Character, face_o
 
 
 @torch.no_grad()
-def encode_characters(resampler: StoryMakerResampler, characters: Sequence[Character],
-                      face_only: Union[bool, Sequence[bool]] = False) -> StoryMakerEmbeds:
-    """1..max characters in slot order -> cond and uncond tokens; blends are interpolated token-wise."""
-    limit = resampler.config.max_characters
-    if not 1 <= len(characters) <= limit:
-        raise CharacterError(f"StoryMaker takes 1 to {limit} characters; got {len(characters)}.")
+def character_tokens(resampler: StoryMakerResampler, characters: Sequence[Character],
+                     face_only: Union[bool, Sequence[bool]] = False) -> Tensor:
+    """Each character's tokens before position and fusion, `[N, 20, D]` float32 on the CPU.
+
+    Slot-independent, so a story encodes each cast member once and places it in any slot of any scene
+    (`embeds_for_slots`). Checks every character's features first.
+    """
     flags = [face_only] * len(characters) if isinstance(face_only, bool) else list(face_only)
     for character, flag in zip(characters, flags):
         for member in character.members():
@@ -87,7 +88,34 @@ def encode_characters(resampler: StoryMakerResampler, characters: Sequence[Chara
     tokens = _raw_tokens(resampler, characters, face_only)
     for i, character in enumerate(characters):
         if character.blend_with is not None:
-            tokens[i] = _blended_tokens(resampler, character, face_only if isinstance(face_only, bool) else face_only[i])
-    cond = resampler.assemble(tokens)
-    uncond = resampler.uncond_tokens(len(characters), num_clip_tokens=characters[0].character_clip.shape[0])
-    return StoryMakerEmbeds(cond=cond.float().cpu(), uncond=uncond.float().cpu(), names=[c.name for c in characters])
+            tokens[i] = _blended_tokens(resampler, character, flags[i])
+    return tokens.float().cpu()
+
+
+@torch.no_grad()
+def embeds_for_slots(resampler: StoryMakerResampler, tokens: Tensor, names: Sequence[str],
+                     num_clip_tokens: int = 257) -> StoryMakerEmbeds:
+    """Characters' tokens `[N, 20, D]` in slot order (slot 1 = leftmost) -> cond and uncond image tokens.
+
+    N = 0 (a scene with nobody on stage) gives the background tokens alone for both prompts: every pixel then
+    attends to what the model learned for the background.
+    """
+    param = resampler.bg_embed
+    if tokens.shape[0] == 0:
+        background = param.detach().float().cpu()
+        return StoryMakerEmbeds(cond=background.clone(), uncond=background.clone(), names=[])
+    cond = resampler.assemble(tokens.to(param.device, param.dtype))
+    uncond = resampler.uncond_tokens(tokens.shape[0], num_clip_tokens=num_clip_tokens)
+    return StoryMakerEmbeds(cond=cond.float().cpu(), uncond=uncond.float().cpu(), names=list(names))
+
+
+@torch.no_grad()
+def encode_characters(resampler: StoryMakerResampler, characters: Sequence[Character],
+                      face_only: Union[bool, Sequence[bool]] = False) -> StoryMakerEmbeds:
+    """1..max characters in slot order -> cond and uncond tokens; blends are interpolated token-wise."""
+    limit = resampler.config.max_characters
+    if not 1 <= len(characters) <= limit:
+        raise CharacterError(f"StoryMaker takes 1 to {limit} characters; got {len(characters)}.")
+    tokens = character_tokens(resampler, characters, face_only)
+    return embeds_for_slots(resampler, tokens, [c.name for c in characters],
+                            num_clip_tokens=characters[0].character_clip.shape[0])

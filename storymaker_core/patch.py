@@ -244,6 +244,12 @@ class StoryMakerAttention:
         tensors += [t for t in self._bias.values() if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def release_caches(self) -> None:
+        """Drop every cached K/V, bias and plan tensor (rebuilt on the next call): a story's scene frees its
+        device memory when its sampling ends, so a long story holds one scene's K/V at a time."""
+        for cache in (self._kv, self._batched, self._bias, self._stacked, self._small):
+            cache.clear()
+
 
 class LayerPatch:
     """What the host registers under one attn2 key: `patch(q, k, v, extra_options) -> out`."""

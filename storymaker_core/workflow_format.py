@@ -26,12 +26,60 @@ class WorkflowFormatError(ValueError):
     """A workflow that does not match the node specs, naming the node and input."""
 
 
-def _inputs(spec: Mapping, sections=("required", "optional")) -> list:
-    """[(name, type_or_choices, options)] in declaration order, required first."""
-    out = []
-    for section in sections:
+AUTOGROW = "COMFY_AUTOGROW_V3"  # a V3 input that grows one socket at a time: `name.slot` in prompts
+
+
+def autogrow_slots(name: str, options: Mapping) -> list:
+    """[(`name.slot`, type, options, required)] of every socket an Autogrow input can grow, in order."""
+    template = options.get("template", {})
+    section = template.get("input", {})
+    (slot_name, entry), required_template = next(
+        ((item, kind == "required") for kind in ("required", "optional") for item in section.get(kind, {}).items()))
+    names = template.get("names") or [f"{template.get('prefix', '')}{i}" for i in range(template.get("max", 1))]
+    minimum = template.get("min", 1)
+    kind, entry_options = entry[0], entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
+    return [(f"{name}.{slot}", kind, entry_options, i < minimum and required_template) for i, slot in enumerate(names)]
+
+
+def declared_inputs(spec: Mapping) -> tuple:
+    """(required, optional) {input name: entry} as a prompt spells them: an Autogrow input becomes its
+    `name.slot` sockets (the first `min` required)."""
+    out = ({}, {})
+    for section, target in (("required", 0), ("optional", 1)):
         for name, entry in spec.get("input", {}).get(section, {}).items():
+            options = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
+            if entry[0] == AUTOGROW:
+                for slot, kind, slot_options, required in autogrow_slots(name, options):
+                    out[0 if required and target == 0 else 1][slot] = [kind, slot_options]
+            else:
+                out[target][name] = entry
+    return out
+
+
+def _inputs(spec: Mapping, sections=("required", "optional")) -> list:
+    """[(name, type_or_choices, options)] in declaration order, required first (Autogrow sockets expanded)."""
+    out = []
+    declared = dict(zip(("required", "optional"), declared_inputs(spec)))
+    for section in sections:
+        for name, entry in declared[section].items():
             out.append((name, entry[0], entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}))
+    return out
+
+
+def shown_sockets(spec: Mapping, linked: set) -> list:
+    """[(name, type)] of the sockets the editor draws for a node whose linked inputs are `linked`: every plain
+    socket; of an Autogrow input, its sockets up to the last linked one plus one free (at least `min`)."""
+    out = []
+    for section in ("required", "optional"):
+        for name, entry in spec.get("input", {}).get(section, {}).items():
+            options = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
+            if entry[0] == AUTOGROW:
+                slots = autogrow_slots(name, options)
+                used = [i for i, slot in enumerate(slots) if slot[0] in linked]
+                count = max(options.get("template", {}).get("min", 1), (used[-1] + 2) if used else 1)
+                out += [(slot, kind) for slot, kind, _, _ in slots[:count]]
+            elif not is_widget(entry[0], options):
+                out.append((name, entry[0]))
     return out
 
 
@@ -146,7 +194,8 @@ def api_to_ui(api: Mapping, specs: Mapping, positions: Mapping = None, note: str
     for order, (node_id, node) in enumerate(api.items()):
         spec = _spec(specs, node["class_type"], node_id)
         inputs = []
-        for name, kind in socket_inputs(spec):
+        linked = {name for name, value in node["inputs"].items() if isinstance(value, list)}
+        for name, kind in shown_sockets(spec, linked):
             link = link_for.get((int(node_id), name))
             inputs.append({"name": name, "type": kind, "link": link[0] if link else None})
         values = []

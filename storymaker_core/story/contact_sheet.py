@@ -8,35 +8,14 @@ import io
 import math
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
+from ..storyboard import _font, _wrap  # one font and wrap rule for every page the pack draws
 from .files import atomic_write
 
 BACKGROUND = (24, 24, 24)
 PLACEHOLDER = (64, 64, 64)
 TEXT = (230, 230, 230)
-
-
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)  # Pillow >= 10.1: scalable built-in font
-    except TypeError:  # older Pillow: fixed bitmap font
-        return ImageFont.load_default()
-
-
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int, max_lines: int) -> list[str]:
-    lines: list[str] = []
-    for word in text.split():
-        if lines and draw.textlength(f"{lines[-1]} {word}", font=font) <= width:
-            lines[-1] = f"{lines[-1]} {word}"
-        else:
-            lines.append(word)
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        lines[-1] = lines[-1].rstrip(".") + "…"
-    while lines and draw.textlength(lines[-1], font=font) > width:  # one very long word
-        lines[-1] = lines[-1][:-2] + "…"
-    return lines
 
 
 def make_contact_sheet(cells: list[tuple[Path | None, str]], cell: int = 256,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Iterable
 
+from ..workflow_format import declared_inputs
 from .errors import ValidationFailed, describe_node
 from .workflow import is_link
 
@@ -144,9 +145,7 @@ def check_prompt(prompt: dict, object_info: dict) -> list[str]:
                             f"(install the custom node pack that provides it, or update ComfyUI)")
             continue
         has_output = has_output or bool(info.get("output_node"))
-        declared = info.get("input") or {}
-        required = declared.get("required") or {}
-        optional = declared.get("optional") or {}
+        required, optional = declared_inputs(info)
         inputs = node.get("inputs") or {}
         for name in required:
             if name not in inputs:

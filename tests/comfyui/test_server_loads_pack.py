@@ -29,7 +29,8 @@ pytestmark = pytest.mark.comfyui
 
 NODES = {"StoryMakerLoader", "StoryMakerInsightFaceLoader", "StoryMakerSAMLoader", "StoryMakerCharacterFromImage",
          "StoryMakerBlendCharacters", "StoryMakerSaveCharacter", "StoryMakerLoadCharacter",
-         "StoryMakerEncodeCharacters", "StoryMakerApply"}
+         "StoryMakerEncodeCharacters", "StoryMakerApply", "StoryMakerCast", "StoryMakerStory", "StoryMakerStoryboard",
+         "StoryMakerConsistencyScores", "StoryMakerApplyLoRA", "StoryMakerApplyScene"}
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +81,17 @@ def test_object_info_lists_every_node_with_its_inputs(server):
     apply = info["StoryMakerApply"]
     assert apply["output"] == ["MODEL"] and apply["category"] == "StoryMaker"
     assert set(apply["input"]["optional"]) == {"mask_1", "mask_2", "mask_3"}
+
+
+def test_the_v3_node_snapshot_offline_tests_use_is_what_the_server_serves(server):
+    """tests/data/storymaker_v3_nodes.json stands in for the V3 story nodes where ComfyUI is absent (workflow
+    validation in CI's default run): it must be what a real server serves (scripts/snapshot_core_nodes.py)."""
+    info, _, _ = server
+    snapshot = json.loads((REPO / "tests" / "data" / "storymaker_v3_nodes.json").read_text())["nodes"]
+    for name, spec in snapshot.items():
+        served = info[name]
+        assert {k: served[k] for k in spec} == json.loads(json.dumps(spec)), name
+    assert info["StoryMakerStory"]["category"] == "StoryMaker/story"
 
 
 @pytest.mark.parametrize("workflow", sorted((REPO / "workflows" / "api").glob("*.api.json")), ids=lambda p: p.name)

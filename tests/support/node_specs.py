@@ -1,7 +1,8 @@
 """Node specs (as `/object_info` gives them) for the core nodes our workflows use and for our own nodes.
 
 Core specs come from a snapshot of ComfyUI v0.14.1 (tests/data/comfyui_core_nodes.json); ours are read
-from our nodes' own INPUT_TYPES, with a stand-in `folder_paths` when ComfyUI is not installed.
+from our nodes' own INPUT_TYPES, with a stand-in `folder_paths` when ComfyUI is not installed, and for our
+V3-schema nodes (which need ComfyUI) from tests/data/storymaker_v3_nodes.json when ComfyUI is not there.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def node_specs() -> dict:
     passes and everything else is checked as a server would.
     """
     specs = json.loads((DATA / "comfyui_core_nodes.json").read_text())["nodes"]
+    # our V3 nodes import ComfyUI's comfy_api: without ComfyUI, their snapshot (checked live by a ComfyUI test)
+    specs.update(json.loads((DATA / "storymaker_v3_nodes.json").read_text())["nodes"])
     for name, cls in our_node_classes().items():
         specs[name] = {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES),
                        "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES),

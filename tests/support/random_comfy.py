@@ -35,7 +35,34 @@ class StoryMakerTestTextConditioning:
         return ([[torch.randn(1, 77, 2048, generator=g), {"pooled_output": torch.randn(1, 1280, generator=g)}]],)
 
 
-NODE_CLASS_MAPPINGS = {"StoryMakerTestTextConditioning": StoryMakerTestTextConditioning}
+class RandomTextEncoder:
+    """What CLIPTextEncode needs of a CLIP: tokenize + encode_from_tokens_scheduled, the same random
+    conditioning as StoryMakerTestTextConditioning for the same text."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, text):
+        return StoryMakerTestTextConditioning().encode(text)[0]
+
+
+class StoryMakerTestCLIP:
+    """A CLIP output for graphs that use the stock CLIPTextEncode (a StoryMaker Story expands into it)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "StoryMaker/testing"
+
+    def load(self):
+        return (RandomTextEncoder(),)
+
+
+NODE_CLASS_MAPPINGS = {"StoryMakerTestTextConditioning": StoryMakerTestTextConditioning,
+                       "StoryMakerTestCLIP": StoryMakerTestCLIP}
 '''
 
 UNET, STORYMAKER, CLIP_VISION = "narrow_sdxl.safetensors", "random_storymaker.safetensors", "random_vit_h.safetensors"

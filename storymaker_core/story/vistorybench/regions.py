@@ -3,6 +3,8 @@
 StoryMaker Apply's ``mask_N`` keeps character N's image tokens inside its region. ViStoryBench gives no
 positions, so the converter splits the image into equal vertical bands in the order the shot lists its
 characters: halves for two (left, right), thirds for three (left, middle, right). White = the region.
+The bands come from ``storymaker_core.regions`` (the story script's ``halves``/``thirds`` are the same
+columns).
 """
 
 from __future__ import annotations
@@ -11,22 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ...regions import region_bands  # the one definition, shared with the story script's layouts
+
 __all__ = ["REGION_NAMES", "region_bands", "write_region_masks"]
 
 #: characters in the shot -> value names of their region masks, slot order (left to right)
 REGION_NAMES = {2: ("left_half", "right_half"), 3: ("left_third", "middle_third", "right_third")}
-
-
-def region_bands(width: int, height: int, count: int) -> list[np.ndarray]:
-    """``count`` masks [height, width] (uint8, 255 inside): equal vertical bands, left to right, that
-    together cover every column exactly once."""
-    edges = [round(width * i / count) for i in range(count + 1)]
-    masks = []
-    for left, right in zip(edges, edges[1:]):
-        mask = np.zeros((height, width), np.uint8)
-        mask[:, left:right] = 255
-        masks.append(mask)
-    return masks
 
 
 def write_region_masks(folder: Path, width: int, height: int) -> dict[str, Path]:
