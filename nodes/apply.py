@@ -7,8 +7,9 @@ import logging
 import torch
 
 from ..storymaker_core.compiled import build_plan, chain_of, layer_calls, layer_order, published
+from ..storymaker_core.attention import REGION_THRESHOLD
 from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention, roles_of_cond_lists
-from .common import CATEGORY, progress_bar
+from .common import CATEGORY, checked_floats, progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,16 @@ def region_masks(masks, num_characters):
             raise ValueError(f"mask_{i + 1} is connected but the embeds hold only {num_characters} character(s).")
         if float(m.max()) <= 0:
             raise ValueError(f"mask_{i + 1} is empty: paint the region where character {i + 1} should appear.")
+        if float(m.max()) < REGION_THRESHOLD:
+            raise ValueError(f"mask_{i + 1} is faint (its brightest value is {float(m.max()):.2f}): a character stays "
+                             f"where its mask is at least {REGION_THRESHOLD}, so character {i + 1} would be left out "
+                             f"of the whole image. Paint its region white.")
+    unmasked = [i + 1 for i in range(num_characters) if i >= len(masks) or masks[i] is None]
+    if unmasked:
+        logger.warning("Apply StoryMaker: %s connected, but not %s: %s not confined to a region (their image tokens "
+                       "reach every pixel, other characters' regions included).",
+                       ", ".join(f"mask_{i + 1}" for i, _ in given), ", ".join(f"mask_{i}" for i in unmasked),
+                       "those characters are" if len(unmasked) > 1 else f"character {unmasked[0]} is")
     return [None if m is None else one_region(m, f"mask_{i + 1}") for i, m in enumerate(masks[:num_characters])]
 
 
@@ -241,6 +252,10 @@ class StoryMakerApply:
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "apply"
     CATEGORY = CATEGORY
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, ip_scale=None, lora_scale=None, start_at=None, end_at=None):
+        return checked_floats(cls, ip_scale=ip_scale, lora_scale=lora_scale, start_at=start_at, end_at=end_at)
 
     def apply(self, model, storymaker, embeds, ip_scale, lora_scale, start_at, end_at, mask_1=None, mask_2=None,
               mask_3=None):

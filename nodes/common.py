@@ -35,3 +35,24 @@ def progress_bar(total: int):
     import comfy.utils
 
     return comfy.utils.ProgressBar(total)
+
+
+def checked_floats(node_class, **values):
+    """True, or what is wrong with these FLOAT inputs of `node_class`: a validator for ComfyUI's
+    VALIDATE_INPUTS / validate_inputs. ComfyUI skips its own min/max check for the inputs a validator names,
+    and the JSON literal NaN passes that check anyway (a NaN ip_scale renders black, a NaN start_at crashes
+    the sampler), so this does both. A linked input (None here) is checked when the node runs."""
+    spec = node_class.INPUT_TYPES()
+    declared = {**spec.get("required", {}), **spec.get("optional", {})}
+    problems = []
+    for name, value in values.items():
+        if value is None:
+            continue
+        options = declared[name][1] if len(declared[name]) > 1 else {}
+        low, high = options.get("min", float("-inf")), options.get("max", float("inf"))
+        if not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+            problems.append(f"{name} is {value!r}: give a number from {low} to {high} (NaN and infinity are not "
+                            f"allowed)")
+        elif not low <= value <= high:
+            problems.append(f"{name} is {value}: give a number from {low} to {high}")
+    return "; ".join(problems) or True

@@ -12,8 +12,8 @@ from comfy_api.latest import io, ui
 from ..storymaker_core.evaluate.embedders import FaceEmbedder
 from ..storymaker_core.evaluate.panels import (APPEARANCE, DEFAULT_CLIP_THRESHOLD, DEFAULT_FACE_THRESHOLD, FACE,
                                                cast_identities, identity_mode, on_stage_names, score_panels)
-from .common import CATEGORY, images_to_numpy, numpy_to_images, progress_bar
-from .v3_types import Cast, InsightFace, Story, finite
+from .common import checked_floats, images_to_numpy, numpy_to_images, progress_bar
+from .v3_types import STORY_CATEGORY, Cast, InsightFace, Story, finite
 
 
 class ComfyClipEmbedder:
@@ -60,7 +60,7 @@ class StoryMakerConsistencyScores(io.ComfyNode):
         return io.Schema(
             node_id="StoryMakerConsistencyScores",
             display_name="StoryMaker Consistency Scores",
-            category=CATEGORY,
+            category=STORY_CATEGORY,
             description=("Scores every panel of a story against the cast's references, as `evaluate story` does: "
                          "ArcFace similarity for characters with a face, CLIP-I of the character's region for "
                          "appearance-only characters. Panels below a threshold are flagged in the returned story."),
@@ -86,6 +86,10 @@ class StoryMakerConsistencyScores(io.ComfyNode):
                 io.String.Output(display_name="json", tooltip="the same numbers as JSON, raw cosines"),
             ],
         )
+
+    @classmethod
+    def validate_inputs(cls, face_threshold=None, clip_threshold=None):
+        return checked_floats(cls, face_threshold=face_threshold, clip_threshold=clip_threshold)
 
     @classmethod
     def execute(cls, images, story, cast, face_threshold, clip_threshold, insightface=None,

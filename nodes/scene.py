@@ -19,6 +19,7 @@ from ..storymaker_core.encode import embeds_for_slots
 from ..storymaker_core.regions import region_mask
 from ..storymaker_core.story_graph import OUTPUT_FOLDER
 from .apply import add_image_branch, add_lora, one_region, unet_layers
+from .common import checked_floats
 from .v3_types import STORY_CATEGORY, Member, StoryMaker, finite
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ class StoryMakerApplyLoRA(io.ComfyNode):
                     io.Float.Input("lora_scale", default=0.8, min=0.0, max=2.0, step=0.05)],
             outputs=[io.Model.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, lora_scale=None):
+        return checked_floats(cls, lora_scale=lora_scale)
 
     @classmethod
     def execute(cls, model, storymaker, lora_scale) -> io.NodeOutput:
@@ -84,6 +89,10 @@ class StoryMakerApplyScene(io.ComfyNode):
             ],
             outputs=[io.Model.Output()],
         )
+
+    @classmethod
+    def validate_inputs(cls, ip_scale=None, start_at=None, end_at=None):
+        return checked_floats(cls, ip_scale=ip_scale, start_at=start_at, end_at=end_at)
 
     @classmethod
     def execute(cls, model, storymaker, layout, ip_scale, start_at, end_at, width, height, member_1=None,

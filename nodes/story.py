@@ -13,6 +13,7 @@ from ..storymaker_core.regions import region_mask
 from ..storymaker_core.script import parse_script
 from ..storymaker_core.story_graph import StoryLinks, StorySettings, build_story_graph
 from ..storymaker_core.story_render import StoryRender
+from .common import checked_floats
 from .v3_types import STORY_CATEGORY, Cast as CastType, Story, StoryMaker, finite
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,11 @@ class StoryMakerStory(io.ComfyNode):
             hidden=[io.Hidden.unique_id, io.Hidden.dynprompt],
             enable_expand=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, cfg=None, ip_scale=None, lora_scale=None, start_at=None, end_at=None, masks=None):
+        # `masks` is named because ComfyUI passes a V3 dynamic input to the validator in any case
+        return checked_floats(cls, cfg=cfg, ip_scale=ip_scale, lora_scale=lora_scale, start_at=start_at, end_at=end_at)
 
     @classmethod
     def execute(cls, model, clip, vae, storymaker, cast: Cast, script, story_name: str, style_prefix, style_suffix,

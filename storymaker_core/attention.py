@@ -66,6 +66,17 @@ def decoupled_attention(q: Tensor, k: Tensor, v: Tensor, ip_k: Tensor, ip_v: Ten
     return torch.add(text, image, alpha=ip_scale), probs
 
 
+REGION_THRESHOLD = 0.5  # a query pixel is inside a character's region where its resized mask is at least this
+
+
+def vanished_regions(region_masks: Sequence[Optional[Tensor]], latent_hw: tuple) -> list:
+    """1-based slots whose mask keeps no pixel at the layer resolution `h x w` (a mask thinner than one
+    attention pixel there, or faint): that character's tokens would reach no query in those layers."""
+    h, w = latent_hw
+    return [slot for slot, mask in enumerate(region_masks, start=1) if mask is not None and not bool(
+        (F.interpolate(mask.float()[None, None], size=(h, w), mode="area") >= REGION_THRESHOLD).any())]
+
+
 def region_attention_bias(region_masks: Sequence[Optional[Tensor]], latent_hw: tuple, tokens_per_group: int,
                           device=None, dtype=torch.float32) -> Optional[Tensor]:
     """Additive mask `[1, h*w, (N+1)*T]` that keeps character j's tokens inside its region only.
@@ -84,7 +95,7 @@ def region_attention_bias(region_masks: Sequence[Optional[Tensor]], latent_hw: t
             groups.append(torch.zeros(h * w, tokens_per_group, device=device, dtype=dtype))
             continue
         resized = F.interpolate(mask.to(device=device, dtype=torch.float32)[None, None], size=(h, w), mode="area")
-        inside = resized.flatten() >= 0.5  # [h*w]
+        inside = resized.flatten() >= REGION_THRESHOLD  # [h*w]
         bias = torch.zeros(h * w, device=device, dtype=dtype).masked_fill(~inside, float("-inf"))
         groups.append(bias[:, None].expand(h * w, tokens_per_group))
     return torch.cat(groups, dim=1)[None]

@@ -25,7 +25,8 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .attention import AttentionFn, batch_for_chunks, decoupled_attention, region_attention_bias, sdpa_attention
+from .attention import (REGION_THRESHOLD, AttentionFn, batch_for_chunks, decoupled_attention, region_attention_bias,
+                        sdpa_attention, vanished_regions)
 from .compiled import compiled_layer_forward, count_eager_call
 
 POSITIVE, NEGATIVE = 0, 1
@@ -185,6 +186,10 @@ class StoryMakerAttention:
         if cache_key not in self._bias:
             if not self._bias:
                 _warn_if_stretched(self.settings.region_masks, (h, w))
+            for slot in vanished_regions(self.settings.region_masks, (h, w)):
+                logger.warning("StoryMaker: region mask %d keeps no pixel at the %dx%d attention resolution (it is "
+                               "thinner than one attention pixel there, or fainter than %.1f): character %d is left "
+                               "out of those layers. Widen or brighten its mask.", slot, h, w, REGION_THRESHOLD, slot)
             self._bias[cache_key] = region_attention_bias(self.settings.region_masks, (h, w),
                                                           self.settings.tokens_per_group, device, dtype)
         return self._bias[cache_key]

@@ -1,0 +1,39 @@
+"""Region masks that would silently drop a character: refused (faint) or warned about (thin, or a character
+left without a mask while another has one), naming the mask."""
+
+import logging
+
+import pytest
+import torch
+
+from storymaker_core.attention import vanished_regions
+from support.node_specs import our_node_classes
+
+
+@pytest.fixture(scope="module")
+def region_masks():
+    import sys
+
+    our_node_classes()  # imports the pack as ComfyUI does (stand-in folder_paths offline)
+    return next(m for n, m in sys.modules.items() if n.endswith("nodes.apply") and hasattr(m, "region_masks")).region_masks
+
+
+def test_a_faint_mask_is_refused_naming_it(region_masks):
+    faint = torch.full((64, 64), 100 / 255)
+    with pytest.raises(ValueError, match=r"mask_2 is faint \(its brightest value is 0.39\)"):
+        region_masks([torch.ones(64, 64), faint], 2)
+
+
+def test_a_character_left_without_a_mask_is_named(region_masks, caplog):
+    with caplog.at_level(logging.WARNING):
+        masks = region_masks([torch.ones(64, 64), None], 2)
+    assert masks[1] is None
+    assert "mask_1 connected, but not mask_2: character 2 is not confined" in caplog.text
+
+
+def test_a_thin_mask_vanishes_at_the_coarse_attention_resolutions():
+    stripe = torch.zeros(1024, 1024)
+    stripe[:, 512:516] = 1.0  # 4 image pixels wide
+    assert vanished_regions([None, stripe], (128, 128)) == []  # half of one 8-pixel cell: kept (>= 0.5)
+    assert vanished_regions([None, stripe], (64, 64)) == [2]  # a quarter of one 16-pixel cell: gone
+    assert vanished_regions([torch.ones(8, 8), stripe], (32, 32)) == [2]
