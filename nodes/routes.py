@@ -41,7 +41,8 @@ ALLOWED: dict[str, dict[str, tuple[str, ...]]] = {
     "controlnet": {"controlnet": TORCH_FILES},
     "lora": {"loras": TORCH_FILES},
     "vae": {"vae": TORCH_FILES},
-    "model": {"diffusion_models": TORCH_FILES, "storymaker_characters": (".safetensors",)},
+    "model": {"diffusion_models": TORCH_FILES},
+    "storymaker_character": {"storymaker_characters": (".safetensors",)},
     "storymaker": {"storymaker": (".bin", ".safetensors")},
     "sam": {"sams": (".pth", ".pt", ".safetensors")},
     "insightface_pack": {"insightface": ()},  # a pack folder name (buffalo_l), not a file

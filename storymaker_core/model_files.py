@@ -26,7 +26,9 @@ from typing import Mapping
 
 #: What a loader input expects. ``*_checkpoint``/``clip_vision_vit_h`` also check the architecture.
 KINDS = ("checkpoint", "sdxl_checkpoint", "clip_vision", "clip_vision_vit_h", "storymaker", "sam", "controlnet",
-         "lora", "vae", "model", "insightface_pack")
+         "lora", "vae", "model", "storymaker_character", "insightface_pack")
+CHARACTER_FORMAT = "storymaker-character/1"  # what Save StoryMaker Character writes (storymaker_core.characters)
+CLIP_VIT_H_WIDTH = 1280  # the CLIP hidden size StoryMaker's resampler reads
 #: The .onnx files of a pack that insightface needs for what StoryMaker uses (detection + ArcFace).
 #: Every other .onnx in the folder is loaded too, so each must be intact.
 PACK_REQUIRED = {"buffalo_l": ("det_10g.onnx", "w600k_r50.onnx"),
@@ -226,6 +228,19 @@ def _storymaker(keys: Mapping[str, tuple], source: str, metadata: Mapping[str, s
     return f"StoryMaker weights: {weights.info.summary()}"
 
 
+def _character(keys: Mapping[str, tuple], metadata: Mapping[str, str]) -> str:
+    """A file written by Save StoryMaker Character, with ViT-H features (any intact safetensors is not one)."""
+    fix = "save the character again with workflows/07-save-character.json (CLIP-ViT-H-14 connected)"
+    if metadata.get("format") != CHARACTER_FORMAT or "character_clip" not in keys or "id_embedding" not in keys:
+        raise _Bad("is not a StoryMaker character (no 'storymaker-character/1' format mark, or no identity and "
+                   "CLIP features): a LoRA or another model in models/storymaker_characters?", fix)
+    width = keys["character_clip"][1][-1] if keys["character_clip"][1] else None
+    if width != CLIP_VIT_H_WIDTH:
+        raise _Bad(f"holds CLIP features {width} wide; StoryMaker needs ViT-H's {CLIP_VIT_H_WIDTH} (saved with "
+                   f"another CLIP vision model)", fix)
+    return f"the character '{metadata.get('name', '?')}' ({metadata.get('identity', 'face')} identity)"
+
+
 def _sam(keys: Mapping[str, tuple]) -> str:
     from .segment import ENCODER_KEY, ENCODER_WIDTHS
 
@@ -265,6 +280,8 @@ def inspect_file(path: str | Path, kind: str) -> Verdict:
             found = _storymaker(keys, path.name, metadata)
         elif kind == "sam":
             found = _sam(keys)
+        elif kind == "storymaker_character":
+            found = _character(keys, metadata)
         else:
             found = f"{len(keys)} tensors"
     except _Bad as bad:

@@ -30,6 +30,7 @@ from .resampler import ResamplerConfig, StoryMakerResampler
 IMAGE_PROJ, IP_ADAPTER = "image_proj_model", "ip_adapter"
 LORA_NAMES = ("to_q", "to_k", "to_v", "to_out")
 SDXL_CONTEXT_DIM = 2048
+SDXL_PROCESSORS = 140  # attention processors of an SDXL UNet (70 transformer blocks x 2)
 RELEASE_DIM_HEAD = 64  # the released resampler's head width; no file records it
 META_DIM_HEAD, META_CHARACTERS = "dim_head", "max_characters"  # safetensors header keys
 _PROCESSOR_KEY = re.compile(r"^(\d+)\.(.+)$")
@@ -300,6 +301,10 @@ def describe(image_proj: Mapping[str, Tensor], ip_adapter: Mapping[str, Tensor],
         raise StoryMakerWeightsError(f"{source}: no 'to_k_ip' weights: this file has no image branch (a plain "
                                      f"LoRA?), so it is not StoryMaker.")
     context_dim = context_dims.most_common(1)[0][0]  # odd ones out are reported key by key by validate_for
+    if context_dim == SDXL_CONTEXT_DIM and num < SDXL_PROCESSORS:
+        raise StoryMakerWeightsError(f"{source}: the file is incomplete: it holds {num} of the {SDXL_PROCESSORS} "
+                                     f"attention processors of an SDXL StoryMaker file (a download cut short?). "
+                                     f"Download it again.")
     if 768 in (context_dim, image_proj["bg_embed"].shape[-1]):
         raise StoryMakerWeightsError(f"{source}: this file is for SD1.5 (context width 768). StoryMaker needs "
                                      f"its SDXL weights (context 2048), used with an SDXL checkpoint.")

@@ -28,7 +28,7 @@ MODEL_INPUTS = {
     ("StoryMakerLoader", "storymaker_file"): ("storymaker", "storymaker"),
     ("StoryMakerSAMLoader", "sam_file"): ("sams", "sam"),
     ("StoryMakerInsightFaceLoader", "model_name"): ("insightface", "insightface_pack"),
-    ("StoryMakerLoadCharacter", "character_file"): ("storymaker_characters", "model"),
+    ("StoryMakerLoadCharacter", "character_file"): ("storymaker_characters", "storymaker_character"),
 }
 #: A prompt with these nodes needs these architectures: StoryMaker patches SDXL and reads CLIP ViT-H/14.
 STRICTER = {"checkpoint": ("StoryMakerApply", "sdxl_checkpoint"),

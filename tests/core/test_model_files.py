@@ -267,3 +267,26 @@ def test_a_verdict_never_quotes_the_files_bytes_nor_its_path(tmp_path, write, na
     assert not verdict.ok and verdict.problem, verdict
     for secret in (SECRET[:8].decode(), str(struct.unpack("<Q", SECRET[:8])[0]), "\\u00ff", "0xff", str(tmp_path)):
         assert secret not in text, (secret, text)
+
+
+def test_a_saved_character_is_told_from_any_other_safetensors(tmp_path):
+    import numpy as np
+
+    from safetensors.torch import save_file
+
+    from storymaker_core.characters import Character, save_character
+
+    def character(width):
+        return Character(name="ava", id_embedding=torch.ones(512), character_image=np.zeros((1, 8, 8, 3), np.uint8),
+                         face_image=np.zeros((1, 8, 8, 3), np.uint8), character_clip=torch.zeros(257, width),
+                         face_clip=torch.zeros(257, width))
+
+    save_character(str(tmp_path / "ava.safetensors"), character(1280))
+    verdict = inspect_file(tmp_path / "ava.safetensors", "storymaker_character")
+    assert verdict.ok and "the character 'ava' (face identity)" in verdict.found
+    save_character(str(tmp_path / "vit-l.safetensors"), character(1024))
+    verdict = inspect_file(tmp_path / "vit-l.safetensors", "storymaker_character")
+    assert not verdict.ok and "1024 wide; StoryMaker needs ViT-H's 1280" in verdict.problem
+    save_file({"lora_unet_down.lora_up.weight": torch.zeros(4, 4)}, str(tmp_path / "style_lora.safetensors"))
+    verdict = inspect_file(tmp_path / "style_lora.safetensors", "storymaker_character")
+    assert not verdict.ok and "is not a StoryMaker character" in verdict.problem and "07-save-character" in verdict.fix

@@ -284,3 +284,17 @@ def test_conversion_keeps_the_recorded_head_width(tmp_path):
     with safe_open(str(target), "pt") as f:
         assert f.metadata()["dim_head"] == "16" and f.metadata()["max_characters"] == "3"
     assert load_storymaker_weights(str(target)).info.resampler == tiny_resampler_config()
+
+
+def test_an_sdxl_file_cut_short_is_called_incomplete_at_load(tmp_path):
+    from support import release_layout
+
+    layout = release_layout()  # the released keys and shapes; only the first 10 processors arrived
+    zeros = lambda shapes: {k: torch.zeros(shape, dtype=torch.float16) for k, shape in shapes.items()}
+    state = {"image_proj_model": zeros(layout["image_proj_model"]),
+             "ip_adapter": zeros({k: v for k, v in layout["ip_adapter"].items() if int(k.split(".")[0]) < 10})}
+    path = tmp_path / "mask.bin"
+    torch.save(state, path)
+    with pytest.raises(StoryMakerWeightsError, match=r"mask.bin: the file is incomplete: it holds 10 of the 140 "
+                                                     r"attention processors .* Download it again"):
+        load_storymaker_weights(str(path))
