@@ -46,6 +46,7 @@ class Checker:
     def __init__(self, base: Path):
         self.base = base
         self.problems: list[str] = []
+        self.unusable_members: set[str] = set()  # cast names whose entry has a problem of its own (casefolded)
 
     def bad(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")

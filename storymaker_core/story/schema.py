@@ -260,6 +260,8 @@ def _cast(c: Checker, raw: Any) -> dict[str, CastMember]:
             identity = None
         if name and image:
             cast[name.strip()] = CastMember(name.strip(), image, mask, identity)
+        elif name:
+            c.unusable_members.add(name.strip().casefold())  # its own problem is reported: scenes stay quiet
     return cast
 
 
@@ -274,8 +276,12 @@ def _scene_characters(c: Checker, raw: Any, where: str, cast) -> tuple[str, ...]
     names: list[str] = []
     for j, item in enumerate(raw):
         name = cast_name(cast, str(item))
+        if name is None and str(item).strip().casefold() in c.unusable_members:
+            continue
         if name is None:
-            c.bad(f"{where}[{j}]", f"'{item}' is not in the cast ({', '.join(cast) or 'the cast is empty'})")
+            listed = ", ".join(cast) or ("the cast is empty" if not c.unusable_members else
+                                         f"{', '.join(sorted(c.unusable_members))}'s entry has a problem above")
+            c.bad(f"{where}[{j}]", f"'{item}' is not in the cast ({listed})")
         elif name in names:
             c.bad(f"{where}[{j}]", f"'{item}' is listed twice")
         else:

@@ -209,3 +209,11 @@ def test_example_stories_keep_their_names_with_custom_values():
     stories = Path(__file__).resolve().parents[2] / "stories"
     assert load_story(stories / "example-one-character.yaml").name == "ava-one-day"
     assert load_story(stories / "example-two-characters.yaml").name == "ava-and-ben-in-paris"
+
+
+def test_a_cast_member_with_a_bad_file_is_reported_once_not_as_an_empty_cast(make_story):
+    found = problems(make_story(cast=[{"name": "alice", "image": "refs/missing.png"}],
+                                scenes=[{"prompt": "x", "characters": ["alice"]}, {"prompt": "y", "characters": ["bob"]}]))
+    assert any(p.startswith("cast[0].image: file not found") for p in found)
+    assert not any("scenes[0].characters" in p for p in found), found  # alice's own problem says it
+    assert "scenes[1].characters[0]: 'bob' is not in the cast (alice's entry has a problem above)" in found
