@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 
@@ -15,8 +16,16 @@ from ..storymaker_core.characters import (
     reference_mask,
     save_character,
 )
-from ..storymaker_core.identity import AUTO, IDENTITY_CHOICES, decide_identity
-from .common import CATEGORY, images_to_numpy, mask_row, numpy_to_images, progress_bar
+from ..storymaker_core.identity import (
+    AUTO,
+    FACE_ONLY_CHOICES,
+    FACE_ONLY_DEFAULT,
+    IDENTITY_CHOICES,
+    decide_identity,
+    face_only_line,
+    face_only_setting,
+)
+from .common import CATEGORY, checked_floats, images_to_numpy, mask_row, numpy_to_images, progress_bar
 from .encode import with_clip_features
 
 CHARACTER = "STORYMAKER_CHARACTER"
@@ -48,6 +57,12 @@ class StoryMakerCharacterFromImage:
                                              "appearance-only character without SAM the whole image"}),
                 "sam": ("STORYMAKER_SAM",),
                 "clothing": ("IMAGE", {"tooltip": "clothing-only image: replaces the character crop (clothing swap)"}),
+                "face_only": (list(FACE_ONLY_CHOICES), {
+                    "default": FACE_ONLY_DEFAULT,
+                    "tooltip": "this character's own face_only. default: the Encode/Cast node's face_only switch "
+                               "decides. on: keep only its face, the prompt decides clothing and body. off: keep its "
+                               "character crop even when the Encode/Cast node's face_only is on. Never applies to an "
+                               "appearance-only character (it keeps its crop)."}),
             },
         }
 
@@ -55,13 +70,15 @@ class StoryMakerCharacterFromImage:
     RETURN_NAMES = ("character", "character_crop", "face_crop", "mask", "identity_used")
     OUTPUT_TOOLTIPS = ("the character", "what CLIP sees of the character", "the aligned face (white when appearance "
                        "only)", "the character's mask per reference", "one line per reference: face or appearance, "
-                       "and why")
+                       "and why; then a line on this character's own face_only when it is not default")
     FUNCTION = "build"
     CATEGORY = CATEGORY
 
-    def build(self, image, insightface, name, face_index, identity=AUTO, mask=None, sam=None, clothing=None):
+    def build(self, image, insightface, name, face_index, identity=AUTO, mask=None, sam=None, clothing=None,
+              face_only=FACE_ONLY_DEFAULT):
         import torch
 
+        own_face_only = face_only_setting(face_only, name)  # checked before any face detection runs
         images = images_to_numpy(image)
         clothing_rgb = images_to_numpy(clothing)[0] if clothing is not None else None
         labels = [f"image #{i + 1}" if len(images) > 1 else "image" for i in range(len(images))]
@@ -79,9 +96,11 @@ class StoryMakerCharacterFromImage:
             masks.append(torch.from_numpy(np.asarray(char_mask if char_mask is not None else
                                                      np.zeros(rgb.shape[:2]), np.float32)))
             bar.update(1)
-        character = combine_references(references, name)
+        character = replace(combine_references(references, name), face_only=own_face_only)
+        own_line = face_only_line(face_only, character.identity)
+        report = decision.report + (f"\n{own_line}" if own_line else "")
         return (character, numpy_to_images(character.character_image), _face_preview(character), torch.stack(masks),
-                decision.report)
+                report)
 
 
 def _face_preview(character):
@@ -111,6 +130,10 @@ class StoryMakerBlendCharacters:
     RETURN_TYPES = (CHARACTER,)
     FUNCTION = "blend"
     CATEGORY = CATEGORY
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, weight=None):
+        return checked_floats(cls, weight=weight)
 
     def blend(self, character_a, character_b, weight):
         return (blend_characters(character_a, character_b, weight),)

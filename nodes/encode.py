@@ -37,9 +37,12 @@ class StoryMakerEncodeCharacters:
             "required": {
                 "storymaker": ("STORYMAKER",),
                 "character_1": ("STORYMAKER_CHARACTER",),
-                "face_only": ("BOOLEAN", {"default": False, "tooltip": "keep the face, let the prompt decide clothing "
-                                                                        "and body (stylised stories); not for "
-                                                                        "appearance-only characters"}),
+                "face_only": ("BOOLEAN", {"default": False, "tooltip": "keep each face, let the prompt decide clothing "
+                                                                        "and body (stylised stories). The default for "
+                                                                        "every character: one whose own face_only "
+                                                                        "(Character from Image) is on or off overrides "
+                                                                        "it; an appearance-only character always keeps "
+                                                                        "its crop"}),
             },
             "optional": {
                 "clip_vision": ("CLIP_VISION", {"tooltip": "CLIP-ViT-H-14-laion2B; not needed for saved characters"}),

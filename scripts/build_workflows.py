@@ -59,7 +59,8 @@ def base(g: Graph):
 
 def character(g: Graph, face: str, slot: int, name: str, with_mask: bool = True, **extra) -> str:
     image = g.add("LoadImage", f"character:{slot}", image=f"character_{slot}.png")
-    inputs = dict(image=out(image), insightface=out(face), name=name, face_index=0, identity="auto", **extra)
+    inputs = dict(image=out(image), insightface=out(face), name=name, face_index=0, identity="auto", face_only="default",
+                  **extra)
     if with_mask:
         mask = g.add("LoadImageMask", f"mask:{slot}", image=f"character_{slot}_mask.png", channel="red")
         inputs["mask"] = out(mask)

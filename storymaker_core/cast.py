@@ -7,11 +7,14 @@ slots in tag order (`encode.embeds_for_slots`).
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
 
-from .characters import Character, CharacterError
+from .characters import Character
+
+logger = logging.getLogger(__name__)
 
 # Names are written inside [tags] of a script: brackets, commas and '|' would break the tag grammar.
 _BAD_NAME_CHARACTERS = re.compile(r"[\[\],|#\x00-\x1f]")
@@ -29,7 +32,7 @@ class Cast:
     names: tuple  # canonical spelling, connection order
     characters: tuple  # Character, same order
     descriptions: Mapping[str, str] = field(default_factory=dict)  # name -> text that replaces its tag
-    face_only: bool = False
+    face_only: bool = False  # the default for members whose own face_only is unset; never drops a faceless crop
     slots: tuple = ()  # the node input each member came from (e.g. "character_2"), for error messages
     clip_vision: Optional[object] = field(default=None, compare=False, repr=False)  # the host's CLIP vision
 
@@ -94,10 +97,10 @@ def make_cast(characters: Sequence[Character], slots: Sequence[str], description
                             f"name, so give each a different name in its node.")
         seen[name.lower()] = slot
         names.append(name)
-    if face_only:
+    if face_only:  # the default for every member; it applies only to members with a face (encode.face_only_applies)
         faceless = [n for n, c in zip(names, characters) if not any(m.has_face for m in c.members())]
         if faceless:
-            raise CharacterError(f"face_only is on but {', '.join(faceless)} has no face (appearance only): nothing of "
-                                 f"it would be left. Turn face_only off.")
+            logger.info("face_only is on: it does not apply to %s (appearance only, no face tokens), which keep their "
+                        "character crop.", ", ".join(faceless))
     return Cast(names=tuple(names), characters=tuple(characters), descriptions=parse_descriptions(descriptions, names),
                 face_only=face_only, slots=tuple(slots), clip_vision=clip_vision)

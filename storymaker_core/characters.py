@@ -6,8 +6,9 @@ the character also carries their penultimate hidden states; saved to `.safetenso
 reused across workflows with neither insightface nor CLIP at generation time.
 
 A character's identity comes from its face (`face`: ArcFace + aligned face crop) or from its appearance
-alone (`appearance`: no face, e.g. a cartoon animal; the face branch gets the zero inputs of the release's
-negative). docs/characters.md explains the choice.
+alone (`appearance`: no face, e.g. a cartoon animal; its 4 face tokens are zeroed, as the release's training
+drops the face). A character may also carry its own `face_only` choice, overriding the Encode/Cast node's
+switch. docs/characters.md explains both.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class Character:
     blend_weight: float = 0.0  # 0 = blend_base, 1 = blend_with
     blend_base: Optional["Character"] = field(default=None, repr=False)  # the first character, as given
     identity: str = FACE  # FACE or APPEARANCE (no face: kps, face_image and face_clip stay None)
+    # This character's own face_only: None follows the Encode/Cast node's switch; True/False overrides it.
+    # It applies to a character with a face only (an appearance-only character always keeps its crop).
+    face_only: Optional[bool] = None
 
     def __post_init__(self):
         if self.identity not in IDENTITY_MODES:
@@ -254,6 +258,8 @@ def save_character(path: str, character: Character, metadata: Optional[dict] = N
             tensors[name] = torch.tensor(np.asarray(value))  # a copy: the arrays may be read-only
     info = {"format": FORMAT, "name": character.name, "identity": character.identity,
             "extra": json.dumps(metadata or {})}
+    if character.face_only is not None:  # absent: follows the node's switch (as every file saved before it)
+        info["face_only"] = "on" if character.face_only else "off"
     save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=info)
 
 
@@ -275,10 +281,16 @@ def load_character(path: str) -> Character:
         raise CharacterError(f"{path}: identity {identity!r} is not one of {IDENTITY_MODES}; the file was written "
                              f"by a newer version of this node pack, or edited.")
 
+    face_only = info.get("face_only")  # absent in files saved before it: the node's switch decides
+    if face_only not in (None, "on", "off"):
+        raise CharacterError(f"{path}: face_only {face_only!r} is not 'on' or 'off'; the file was written by a newer "
+                             f"version of this node pack, or edited.")
+
     def array(name):
         return tensors[name].numpy() if name in tensors else None
 
     return Character(name=info.get("name", "character"), id_embedding=tensors["id_embedding"].float(),
                      kps=array("kps"), character_image=array("character_image"), face_image=array("face_image"),
                      character_clip=tensors["character_clip"].float(),
-                     face_clip=tensors["face_clip"].float() if identity == FACE else None, identity=identity)
+                     face_clip=tensors["face_clip"].float() if identity == FACE else None, identity=identity,
+                     face_only=None if face_only is None else face_only == "on")

@@ -1,13 +1,23 @@
 """Characters (with CLIP features) -> StoryMaker image tokens for the positive and negative prompts.
 
-An appearance-only character (no face) feeds the face branch the release's negative inputs, a zero ArcFace
-embedding and zero face hidden states, so its 4 face tokens are those of the negative prompt and carry no
-face guidance; its 16 character tokens come from its crop as usual. A blend lerps the two sides' tokens,
-each computed in its own mode (docs/characters.md).
+Each plain character is encoded in its own mode (docs/characters.md, "What each mode feeds the resampler"):
+
+* `face`: ArcFace embedding + face-crop CLIP states -> 4 face tokens; character-crop CLIP states -> 16
+  character tokens.
+* `appearance` (no face): its 4 face tokens are zeroed after the face perceiver, before position and fusion,
+  which is how the release's training drops the face (`out = out*0` in `faceid_plus.forward`, 10 % of steps),
+  so the model has seen exactly this; the 16 character tokens come from its crop. The face branch is fed
+  zeros (ArcFace and face CLIP states), which do not matter once its output is zeroed.
+* `face_only` (each character's own setting, else the node's switch) zeroes the 16 character tokens of a
+  character **with a face** (the release's other training dropout); an appearance-only character keeps its
+  crop, as nothing else carries it.
+
+A blend lerps the two sides' tokens, each side computed in its own mode with its own face_only.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -16,6 +26,8 @@ from torch import Tensor
 
 from .characters import Character, CharacterError
 from .resampler import StoryMakerResampler, interpolate_character_tokens
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,28 +57,46 @@ def _check_features(character: Character, clip_dim: int, id_dim: int) -> None:
 
 
 def _face_inputs(character: Character, id_dim: int) -> tuple:
-    """`(id_embedding [id_dim], face_clip [L, C])`: the character's, or the negative's zeros without a face."""
+    """`(id_embedding [id_dim], face_clip [L, C])`: the character's; zeros without a face (its face tokens are
+    zeroed after the face branch, so what is fed there does not reach the tokens)."""
     if character.has_face:
         return character.id_embedding, character.face_clip
     return character.id_embedding.new_zeros(id_dim), torch.zeros_like(character.character_clip)
 
 
-def _raw_tokens(resampler: StoryMakerResampler, characters: Sequence[Character], zero_character) -> Tensor:
-    """Per-character tokens before position/fusion `[N, 20, D]`."""
+def face_only_applies(character: Character, default: bool) -> bool:
+    """Whether face_only drops this plain character's 16 character tokens: its own setting, else `default` (the
+    Encode/Cast node's switch), and only if it has a face (appearance only: its crop is all there is)."""
+    wanted = default if character.face_only is None else character.face_only
+    return bool(wanted) and character.has_face
+
+
+def _raw_tokens(resampler: StoryMakerResampler, characters: Sequence[Character], face_only: Sequence[bool]) -> Tensor:
+    """Tokens of plain characters before position/fusion `[N, 20, D]`, each in its own mode."""
     param = resampler.bg_embed
     ids, faces = zip(*(_face_inputs(c, resampler.config.id_dim) for c in characters))
     stack = lambda tensors: torch.stack(list(tensors)).to(param.device, param.dtype)
     return resampler.character_tokens(stack(ids), stack(c.character_clip for c in characters), stack(faces),
-                                      zero_character=zero_character)
+                                      zero_face=[not c.has_face for c in characters],
+                                      zero_character=[face_only_applies(c, flag)
+                                                      for c, flag in zip(characters, face_only)])
 
 
-def _blended_tokens(resampler: StoryMakerResampler, character: Character, face_only: bool) -> Tensor:
-    """`[20, D]` of a character; a blend is the lerp of its two sides' tokens, each side maybe a blend too."""
+def _assembled(character: Character, leaf_tokens) -> Tensor:
+    """`[20, D]` of a character from its leaves' tokens (in `members()` order): a blend is the lerp of its two
+    sides' tokens, each side maybe a blend too."""
     if character.blend_with is None:
-        return _raw_tokens(resampler, [character], face_only)[0]
-    return interpolate_character_tokens(_blended_tokens(resampler, character.blend_base, face_only),
-                                        _blended_tokens(resampler, character.blend_with, face_only),
-                                        character.blend_weight)
+        return next(leaf_tokens)
+    return interpolate_character_tokens(_assembled(character.blend_base, leaf_tokens),
+                                        _assembled(character.blend_with, leaf_tokens), character.blend_weight)
+
+
+def _log_face_only_not_applied(character: Character, default: bool) -> None:
+    for member in character.members():
+        if not member.has_face and (member.face_only or (member.face_only is None and default)):
+            log = logger.warning if member.face_only else logger.info
+            log("character '%s' is appearance only: face_only does not apply to it (it has no face tokens), so it "
+                "keeps its character crop.", member.name)
 
 
 @torch.no_grad()
@@ -74,21 +104,23 @@ def character_tokens(resampler: StoryMakerResampler, characters: Sequence[Charac
                      face_only: Union[bool, Sequence[bool]] = False) -> Tensor:
     """Each character's tokens before position and fusion, `[N, 20, D]` float32 on the CPU.
 
+    `face_only`: the node's switch, one for all or one per character; a character's own `face_only`
+    overrides it, and it applies to characters with a face only (`face_only_applies`).
     Slot-independent, so a story encodes each cast member once and places it in any slot of any scene
     (`embeds_for_slots`). Checks every character's features first.
     """
-    flags = [face_only] * len(characters) if isinstance(face_only, bool) else list(face_only)
+    flags = [face_only] * len(characters) if isinstance(face_only, bool) else [bool(f) for f in face_only]
+    if len(flags) != len(characters):
+        raise ValueError(f"got {len(flags)} face_only flags for {len(characters)} characters")
+    leaves, leaf_flags = [], []
     for character, flag in zip(characters, flags):
         for member in character.members():
             _check_features(member, resampler.config.clip_dim, resampler.config.id_dim)
-        if flag and not any(member.has_face for member in character.members()):
-            raise CharacterError(f"character '{character.name}' has no face (appearance only) and face_only drops its "
-                                 f"character crop: nothing of it would be left. Turn face_only off, or build the "
-                                 f"character from a reference with a face (identity 'face').")
-    tokens = _raw_tokens(resampler, characters, face_only)
-    for i, character in enumerate(characters):
-        if character.blend_with is not None:
-            tokens[i] = _blended_tokens(resampler, character, flags[i])
+        _log_face_only_not_applied(character, flag)
+        leaves += character.members()
+        leaf_flags += [flag] * len(character.members())
+    leaf_tokens = iter(_raw_tokens(resampler, leaves, leaf_flags))
+    tokens = torch.stack([_assembled(character, leaf_tokens) for character in characters])
     return tokens.float().cpu()
 
 

@@ -1,5 +1,8 @@
 """Characters from a reference photo, the saved-character file, and encoding to tokens."""
 
+import math
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +17,7 @@ from storymaker_core.characters import (
     load_character,
     save_character,
 )
-from storymaker_core.encode import encode_characters
+from storymaker_core.encode import character_tokens, encode_characters
 from storymaker_core.preprocess import PreprocessError, face_crop
 from storymaker_core.resampler import StoryMakerResampler, interpolate_character_tokens
 from support import measured, relative_error, seeded_weights, tiny_resampler_config
@@ -229,45 +232,159 @@ def test_a_character_is_one_mode(photo, person_mask):
         Character(name="x", id_embedding=torch.zeros(512), identity="anime")
 
 
-def test_appearance_tokens_are_the_resampler_on_zero_face_inputs(resampler):
-    """Independent float64 reference (written from the equations): the face branch of an appearance
-    character sees a zero ArcFace embedding and zero face hidden states, as the release's negative."""
-    from tests.core.test_resampler import ref_tokens
+# Independent float64 reference of the release's `faceid_plus.forward` (ip_adapter/ip_adapter_faceid.py),
+# written from its equations (docs/method.md §2), with its training dropout of the face tokens (`out = out*0`
+# after the face perceiver, before position and fusion; `is_training`, 10 % of steps) applied per character.
 
+def _norm(p, key, x):  # nn.LayerNorm, eps 1e-5
+    mean = x.mean(-1, keepdim=True)
+    return (x - mean) / ((x - mean).pow(2).mean(-1, keepdim=True) + 1e-5).sqrt() * p[key + ".weight"] + p[key + ".bias"]
+
+
+def _gelu(x):  # exact (erf) GELU
+    return 0.5 * x * (1 + torch.erf(x / math.sqrt(2)))
+
+
+def _perceiver_attention(p, key, features, latents, heads, dim_head):
+    """q from the normed latents, k and v from [normed features; normed latents], softmax(q k^T / sqrt(dh))."""
+    features, latents = _norm(p, key + "norm1", features), _norm(p, key + "norm2", latents)
+    q = latents @ p[key + "to_q.weight"].T
+    k, v = (torch.cat([features, latents], dim=1) @ p[key + "to_kv.weight"].T).chunk(2, dim=-1)
+    heads_of = lambda t: t.reshape(t.shape[0], t.shape[1], heads, dim_head).permute(0, 2, 1, 3)
+    weights = torch.softmax(heads_of(q) @ heads_of(k).transpose(-1, -2) / math.sqrt(dim_head), dim=-1)
+    return (weights @ heads_of(v)).permute(0, 2, 1, 3).reshape(q.shape) @ p[key + "to_out.weight"].T
+
+
+def _perceiver(p, key, latents, features, depth, heads, dim_head):
+    """proj_in -> depth x [attention + latents, feed-forward + latents] -> proj_out -> norm_out."""
+    features = features @ p[key + "proj_in.weight"].T + p[key + "proj_in.bias"]
+    for i in range(depth):
+        layer = f"{key}layers.{i}."
+        latents = latents + _perceiver_attention(p, layer + "0.", features, latents, heads, dim_head)
+        hidden = _gelu(_norm(p, layer + "1.0", latents) @ p[layer + "1.1.weight"].T)
+        latents = latents + hidden @ p[layer + "1.3.weight"].T
+    return _norm(p, key + "norm_out", latents @ p[key + "proj_out.weight"].T + p[key + "proj_out.bias"])
+
+
+def release_forward_float64(p, c, id_embeds, clip_embeds, face_embeds, face_dropped):
+    """`faceid_plus.forward` in float64 for N characters; `face_dropped[i]`: character i's face tokens get the
+    training dropout `out = out*0`. The background stays `bg_embed`, as the release returns it."""
+    n, d = id_embeds.shape[0], c.cross_attention_dim
+    x = _gelu(id_embeds @ p["proj.0.weight"].T + p["proj.0.bias"]) @ p["proj.2.weight"].T + p["proj.2.bias"]
+    x = _norm(p, "norm", x.reshape(n, c.face_tokens, d))
+    out = x + _perceiver(p, "perceiver_resampler.", x, face_embeds, c.face_depth, c.face_heads, c.dim_head)
+    out = out * (1 - torch.tensor(face_dropped, dtype=out.dtype))[:, None, None]  # the release's `out = out*0`
+    clip = _perceiver(p, "resample.", p["resample.latents"].expand(n, -1, -1), clip_embeds, c.character_depth,
+                      c.character_heads, c.dim_head)
+    cat = torch.cat([out, clip], dim=1) + p["pos_embed"][:n]
+    res = _norm(p, "norm_out", cat @ p["proj_out.weight"].T + p["proj_out.bias"]) + cat
+    return torch.cat([p["bg_embed"], res], dim=0)
+
+
+def test_appearance_tokens_are_the_releases_forward_with_the_face_tokens_dropped(resampler):
+    """An appearance-only character's 4 face tokens are zeroed after the face perceiver (the release's
+    training dropout of the face), not computed from zero face inputs (the negative's face tokens).
+    fp32 encode vs the float64 reference: relative error within 1e-5."""
     face, bunny = encoded("ava", 40), appearance("bunny", 41)
-    bunny.id_embedding = torch.randn(512)  # whatever is stored, an appearance character's identity is zero
+    bunny.id_embedding = torch.randn(512)  # whatever is stored, an appearance character's identity is not used
     embeds = encode_characters(resampler, [face, bunny])
     p = {k: v.double() for k, v in resampler.state_dict().items()}
-    ids = torch.stack([face.id_embedding, torch.zeros(16)]).double()
-    face_clip = torch.stack([face.face_clip, torch.zeros(9, 24)]).double()
-    reference = ref_tokens(p, resampler.config, ids, torch.stack([face.character_clip, bunny.character_clip]).double(),
-                           face_clip)
-    measured("appearance-only character tokens vs float64 reference on zero face inputs",
+    g = torch.Generator().manual_seed(99)  # the bunny's face inputs are dropped: any values give the same tokens
+    reference = release_forward_float64(
+        p, resampler.config, torch.stack([face.id_embedding, torch.randn(16, generator=g)]).double(),
+        torch.stack([face.character_clip, bunny.character_clip]).double(),
+        torch.stack([face.face_clip, torch.randn(9, 24, generator=g)]).double(), face_dropped=[0.0, 1.0])
+    measured("appearance-only character tokens (face tokens dropped) vs float64 release forward with the dropout",
              relative_error(embeds.cond, reference), 1e-5)
-    # its 4 face tokens are the negative's (same slot): no face guidance, its 16 character tokens differ
-    measured("appearance face tokens vs the negative's face tokens", relative_error(embeds.cond[2, :4], embeds.uncond[2, :4]), 1e-6)
-    assert relative_error(embeds.cond[2, 4:], embeds.uncond[2, 4:]) > 0.1
+    raw = character_tokens(resampler, [face, bunny])
+    assert not raw[1, :4].any() and raw[1, 4:].abs().min() > 0 and raw[0, :4].abs().min() > 0
+    assert torch.equal(embeds.cond[0], resampler.bg_embed[0].detach())  # the background stays bg_embed
+    with torch.no_grad():
+        assert torch.equal(embeds.uncond, resampler.uncond_tokens(2, num_clip_tokens=9))  # the negative is unchanged
+    # no longer the negative's face tokens (what zero face inputs gave): the model never saw those with a real crop
+    assert relative_error(embeds.cond[2, :4], embeds.uncond[2, :4]) > 0.1
+    alone = encode_characters(resampler, [bunny]).cond
+    measured("appearance-only character alone vs float64 release forward with the dropout",
+             relative_error(alone, release_forward_float64(p, resampler.config, torch.zeros(1, 16).double(),
+                                                           bunny.character_clip[None].double(),
+                                                           torch.zeros(1, 9, 24).double(), [1.0])), 1e-5)
 
 
 def test_blend_of_a_face_and_an_appearance_character_lerps_their_own_tokens(resampler):
     face, bunny = encoded("ava", 42), appearance("bunny", 43)
     with torch.no_grad():
         zero = torch.zeros(16), torch.zeros(9, 24)
-        raw = resampler.character_tokens(torch.stack([face.id_embedding, zero[0]]),
-                                         torch.stack([face.character_clip, bunny.character_clip]),
-                                         torch.stack([face.face_clip, zero[1]]))
+        ids = torch.stack([face.id_embedding, zero[0]])
+        bodies = torch.stack([face.character_clip, bunny.character_clip])
+        faces = torch.stack([face.face_clip, zero[1]])
+        raw = resampler.character_tokens(ids, bodies, faces, zero_face=[False, True])
         expected = resampler.assemble(((1 - 0.3) * raw[0] + 0.3 * raw[1])[None])
+        # face_only: the face side drops its crop, the appearance side keeps it (its own mode)
+        raw_face_only = resampler.character_tokens(ids, bodies, faces, zero_face=[False, True],
+                                                   zero_character=[True, False])
+        expected_face_only = resampler.assemble(((1 - 0.3) * raw_face_only[0] + 0.3 * raw_face_only[1])[None])
     blended = encode_characters(resampler, [blend_characters(face, bunny, 0.3)]).cond
     measured("face~appearance blend vs lerp of each side's own tokens", relative_error(blended, expected), 1e-6)
-    encode_characters(resampler, [blend_characters(face, bunny, 0.3)], face_only=True)  # the face side remains
+    blended = encode_characters(resampler, [blend_characters(face, bunny, 0.3)], face_only=True).cond
+    measured("face~appearance blend, face_only, vs lerp of each side's own tokens",
+             relative_error(blended, expected_face_only), 1e-6)
 
 
-def test_face_only_with_an_appearance_character_says_what_to_do(resampler):
-    with pytest.raises(CharacterError, match="'bunny' has no face.*nothing of it would be left.*face_only off"):
-        encode_characters(resampler, [encoded("ava", 44), appearance("bunny", 45)], face_only=[False, True])
-    with pytest.raises(CharacterError, match="nothing of it would be left"):
-        encode_characters(resampler, [blend_characters(appearance("a", 46), appearance("b", 47), 0.5)], face_only=True)
-    assert encode_characters(resampler, [encoded("ava", 44), appearance("bunny", 45)], face_only=[True, False]).cond.shape == (3, 20, 64)
+def test_face_only_applies_only_to_characters_with_a_face(resampler, caplog):
+    """face_only on for the whole cast: a stylised photographed girl and her appearance-only rabbit."""
+    ava, bunny = encoded("ava", 44), appearance("bunny", 45)
+    with caplog.at_level("INFO", logger="storymaker_core.encode"):
+        cast_wide = encode_characters(resampler, [ava, bunny], face_only=True)
+    assert "'bunny' is appearance only: face_only does not apply to it" in caplog.text
+    assert torch.equal(cast_wide.cond, encode_characters(resampler, [ava, bunny], face_only=[True, False]).cond)
+    raw = character_tokens(resampler, [ava, bunny], face_only=True)
+    assert not raw[0, 4:].any() and raw[1, 4:].abs().min() > 0  # ava's crop dropped, the rabbit's kept
+    two_drawn = blend_characters(appearance("a", 46), appearance("b", 47), 0.5)
+    assert torch.equal(encode_characters(resampler, [two_drawn], face_only=True).cond,
+                       encode_characters(resampler, [two_drawn]).cond)
+
+
+def test_a_characters_own_face_only_overrides_the_node_switch(resampler, caplog):
+    ava, ben = replace(encoded("ava", 50), face_only=True), replace(encoded("ben", 51), face_only=False)
+    cleo = encoded("cleo", 52)  # face_only None: follows the switch
+    for switch in (False, True):
+        raw = character_tokens(resampler, [ava, ben, cleo], face_only=switch)
+        assert not raw[0, 4:].any() and raw[1, 4:].abs().min() > 0
+        assert raw[2, 4:].any() != switch
+    bunny = replace(appearance("bunny", 53), face_only=True)  # asked for, but it has no face: crop kept, warned
+    with caplog.at_level("WARNING", logger="storymaker_core.encode"):
+        assert character_tokens(resampler, [bunny])[0, 4:].abs().min() > 0
+    assert "'bunny' is appearance only" in caplog.text
+    dan = replace(encoded("dan", 54), face_only=False)
+    mixed = blend_characters(ava, dan, 0.5)  # each side keeps its own setting
+    sides = character_tokens(resampler, [ava, dan], face_only=True)
+    measured("blend of characters with their own face_only vs lerp of each side's tokens",
+             relative_error(character_tokens(resampler, [mixed], face_only=True)[0], 0.5 * sides[0] + 0.5 * sides[1]),
+             1e-6)
+
+
+def test_story_cast_with_face_only_accepts_an_appearance_member(caplog):
+    from storymaker_core.cast import make_cast
+
+    with caplog.at_level("INFO", logger="storymaker_core.cast"):
+        cast = make_cast([encoded("ava", 55), appearance("bunny", 56)], ["character_1", "character_2"], face_only=True)
+    assert cast.face_only and cast.names == ("ava", "bunny")
+    assert "it does not apply to bunny (appearance only" in caplog.text
+
+
+def test_saved_character_keeps_its_own_face_only(tmp_path):
+    for setting in (True, False, None):
+        path = tmp_path / f"ava-{setting}.safetensors"
+        save_character(str(path), replace(encoded("ava", 57), face_only=setting))
+        assert load_character(str(path)).face_only is setting
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "ava-None.safetensors"), "pt") as f:
+        assert "face_only" not in f.metadata()  # unset: written as every file before it
+        tensors, info = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    from safetensors.torch import save_file
+    save_file(tensors, tmp_path / "newer.safetensors", metadata={**info, "face_only": "sometimes"})
+    with pytest.raises(CharacterError, match="face_only 'sometimes' is not 'on' or 'off'"):
+        load_character(str(tmp_path / "newer.safetensors"))
 
 
 def test_saved_appearance_character_round_trips_its_mode(tmp_path, resampler):
@@ -295,6 +412,7 @@ def test_files_saved_before_identity_load_as_face(tmp_path):
     save_file(tensors, tmp_path / "old.safetensors", metadata={"format": FORMAT, "name": "old", "extra": "{}"})
     loaded = load_character(str(tmp_path / "old.safetensors"))
     assert loaded.identity == "face" and loaded.face_clip is not None and torch.equal(loaded.id_embedding, original.id_embedding)
+    assert loaded.face_only is None  # follows the Encode/Cast node's switch, as before
     save_file(tensors, tmp_path / "new.safetensors", metadata={"format": FORMAT, "name": "x", "identity": "voice"})
     with pytest.raises(CharacterError, match="identity 'voice' is not one of"):
         load_character(str(tmp_path / "new.safetensors"))
