@@ -30,13 +30,22 @@ LIBRARY_MODULES = ("comfy.model_management", "comfy.utils", "comfy.model_patcher
 COMFYUI_PYTHON_HINT = "ComfyUI's Python (the one its requirements.txt was installed into)"
 
 
+def containing_comfyui(repo: Path = None) -> Path | None:
+    """The ComfyUI whose custom_nodes/ holds this pack (README command 1 clones it there), if any."""
+    repo = REPO if repo is None else repo
+    root = repo.resolve().parents[1]
+    return root if repo.resolve().parent.name == "custom_nodes" and (root / "main.py").is_file() else None
+
+
 def comfyui_path_or_skip() -> Path:
-    """The ComfyUI source tree the ComfyUI tests run against (COMFYUI_PATH); the test is skipped without it."""
+    """The ComfyUI source tree the ComfyUI tests run against: COMFYUI_PATH, else the ComfyUI that contains
+    the pack; the test is skipped without either."""
     import pytest
 
-    path = os.environ.get("COMFYUI_PATH")
+    path = os.environ.get("COMFYUI_PATH") or containing_comfyui()
     if not path:
-        pytest.skip("COMFYUI_PATH is not set: point it at a ComfyUI v0.14.1 source tree to run the ComfyUI tests")
+        pytest.skip("COMFYUI_PATH is not set and the pack is not inside a ComfyUI's custom_nodes/: point it at a "
+                    "ComfyUI v0.14.1 source tree to run the ComfyUI tests")
     if not (Path(path) / "main.py").is_file():
         pytest.fail(f"COMFYUI_PATH={path} is not a ComfyUI source tree (no main.py there)", pytrace=False)
     return Path(path)
