@@ -3,9 +3,9 @@
 Nothing here runs on import or from a node: downloads happen only when the user runs the command.
 """
 
-from .catalog import ITEMS, KEYS, HubSource, ModelItem, UrlSource, select
+from .catalog import ITEMS, KEYS, HubSource, ModelItem, Pin, UrlSource, select
 from .errors import FetchError, NetworkUnavailable, VerificationFailed
 from .fetch import Fetcher, FetchOptions, Outcome
 
 __all__ = ["ITEMS", "KEYS", "FetchError", "FetchOptions", "Fetcher", "HubSource", "ModelItem", "NetworkUnavailable",
-           "Outcome", "UrlSource", "VerificationFailed", "select"]
+           "Outcome", "Pin", "UrlSource", "VerificationFailed", "select"]

@@ -10,11 +10,14 @@ import logging
 import sys
 from pathlib import Path
 
-from .catalog import ITEMS, KEYS, HubSource, ModelItem, select
+from . import catalog
+from .catalog import KEYS, HubSource, ModelItem, select
+from .comfy_paths import ComfyPaths
+from .comfy_paths import load as load_paths
 from .errors import FetchError
-from .fetch import FAILED, REFUSED, Fetcher, FetchOptions, Outcome
+from .fetch import FAILED, REFUSED, Fetcher, FetchOptions, Outcome, human_size
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,19 +41,39 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--convert", action="store_true",
                        help="also write models/storymaker/storymaker.safetensors (fp16, half size) from mask.bin")
     fetch.add_argument("--url", metavar="NAME=URL", action="append", default=[],
-                       help="download NAME (insightface or sam) from another URL, e.g. a mirror")
+                       help="download NAME (insightface or sam) from another URL, e.g. a mirror (held to the "
+                            "same size and sha256 as the original)")
+    fetch.add_argument("--trust-unpinned", action="store_true",
+                       help="also place files the catalog has no pinned size + sha256 for, checked only against "
+                            "what their own host publishes")
+    comfy = fetch.add_argument_group("ComfyUI's own options (give the ones you start ComfyUI with)")
+    comfy.add_argument("--base-directory", metavar="DIR",
+                       help="ComfyUI's --base-directory: its models folder is DIR/models")
+    comfy.add_argument("--extra-model-paths-config", metavar="PATH", nargs="+", action="append", default=[],
+                       help="ComfyUI's --extra-model-paths-config: more extra_model_paths.yaml files to read "
+                            "(the one beside ComfyUI's main.py is always read)")
+    comfy.add_argument("--output-directory", metavar="DIR",
+                       help="ComfyUI's --output-directory (ComfyUI also loads checkpoints from its checkpoints folder)")
     return parser
 
 
-def list_models(items: list[ModelItem], comfyui: Path | None) -> str:
-    """The sources and folders, for users who download by hand."""
+def list_models(items: list[ModelItem], paths: ComfyPaths | None) -> str:
+    """The sources, pins and folders, for users who download by hand."""
     lines = []
     for item in items:
-        where = comfyui / item.relative_target if comfyui else f"ComfyUI/{item.relative_target}"
+        if paths is not None:
+            dirs = paths.dirs(item.folder_name) or [paths.models_dir / item.folder_name]
+            where = dirs[0] / item.subfolder / item.name if item.subfolder else dirs[0] / item.name
+        else:
+            where = f"ComfyUI/{item.relative_target}"
         lines.append(f"{item.key}{' (optional)' if item.optional else ''}: {item.title}")
         if isinstance(item.source, HubSource):
             lines.append(f"    source: {item.source.describe()}")
         lines.append(f"    url:    {item.source.browser_url()}")
+        if item.pin.known:
+            lines.append(f"    file:   {item.pin.size} bytes ({human_size(item.pin.size)}), sha256 {item.pin.sha256}")
+        else:
+            lines.append("    file:   size + sha256 unknown (not pinned; fetch places it only with --trust-unpinned)")
         lines.append(f"    save:   {where}" + (f"  (unzip: {', '.join(item.unzip_members)} directly in it)"
                                                if item.unzip_members else ""))
         if item.licence_gate:
@@ -103,25 +126,36 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         urls[key.strip()] = url.strip()
     try:
-        items = select(args.only, urls, ITEMS)
+        items = select(args.only, urls, catalog.ITEMS)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    paths = None
     try:
         comfyui = find_comfyui(args.comfyui)
+        paths = load_paths(comfyui, args.base_directory, [c for group in args.extra_model_paths_config for c in group],
+                           args.output_directory)
     except FetchError as e:
         if args.list:  # the list is useful without a ComfyUI: folders relative to one
-            comfyui = None
+            paths = None
         else:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_USAGE
     if args.list:
-        print(list_models(items, comfyui))
+        print(list_models(items, paths))
         return EXIT_OK
     print(f"ComfyUI: {comfyui}" + ("  (dry run: nothing is written)" if args.dry_run else ""))
+    if paths.base != comfyui.resolve() or paths.configs:
+        print(f"models: {paths.models_dir}" + (f"; extra model paths from {', '.join(map(str, paths.configs))}"
+                                               if paths.configs else ""))
     options = FetchOptions(accept_insightface_license=args.accept_insightface_license, verify=args.verify,
-                           dry_run=args.dry_run, convert=args.convert)
-    outcomes = Fetcher(comfyui, options).run(items)
+                           dry_run=args.dry_run, convert=args.convert, trust_unpinned=args.trust_unpinned)
+    try:
+        outcomes = Fetcher(comfyui, options, paths=paths).run(items)
+    except KeyboardInterrupt:
+        print("\ninterrupted: no partial file was placed under a model's name. Run the command again to "
+              "continue (release-host downloads resume from their .part file).", file=sys.stderr)
+        return EXIT_INTERRUPTED
     text, code = summary(outcomes)
     print(text, file=sys.stdout if code == EXIT_OK else sys.stderr)
     return code

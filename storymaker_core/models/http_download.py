@@ -1,10 +1,13 @@
-"""HTTPS download with resume: ``dest.part`` grows (HTTP Range) until complete, then ``os.replace``.
+"""HTTPS download with resume: ``dest.part`` grows (HTTP Range) until complete, is checked against the
+expected size and sha256, and only then takes its final name with ``os.replace``.
 
 Used for the release hosts (GitHub releases, Meta's CDN); Hugging Face files go through huggingface_hub.
 A cut connection is resumed in the same run (a few tries); a run that was stopped leaves ``dest.part``
 behind and the next run continues from its end, with ``If-Range`` (the ETag or Last-Modified of the first
 response, kept in ``dest.part.version``) so that a file changed on the server in between is fetched
-whole instead of glued onto the old part. The final name only ever holds a complete file.
+whole instead of glued onto the old part. The final name only ever holds a complete, checked file: bytes
+whose sha256 differs from the expected one are deleted, and a response that gives no size
+(no Content-Length) for a file whose sha256 is not known is refused before its body is read.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .errors import FetchError, NetworkUnavailable, VerificationFailed
+from .records import sha256_file
 
 logger = logging.getLogger(__name__)
 USER_AGENT = "ComfyUI-StoryMaker model fetch (python urllib)"
@@ -91,18 +95,19 @@ def _total_from(response, start: int) -> tuple[int, int | None]:
     return 0, int(length) if length and length.isdigit() else None  # 200: the server ignored Range
 
 
-def download(url: str, dest: str | Path, *, expected_size: int | None = None, tries: int = 4,
-             timeout: float = 60.0, desc: str | None = None) -> Path:
-    """Download ``url`` to ``dest`` atomically, resuming ``dest.part``; returns ``dest``.
+def download(url: str, dest: str | Path, *, expected_size: int | None = None, expected_sha256: str | None = None,
+             tries: int = 4, timeout: float = 60.0, desc: str | None = None) -> str:
+    """Download ``url`` to ``dest`` through ``dest.part`` (resumed when present); returns the file's sha256.
 
     Args:
         expected_size: bytes the file must have (else the server's Content-Length is used).
+        expected_sha256: the sha256 the file must have; checked before the file takes its final name.
         tries: connection attempts in this run; each resumes where the last one stopped.
 
     Raises:
         NetworkUnavailable: the host could not be reached (before any byte arrived).
-        VerificationFailed: the finished file has the wrong size.
-        FetchError: an HTTP error, or every try was cut off.
+        VerificationFailed: the finished file has the wrong size or sha256 (then it is deleted).
+        FetchError: an HTTP error, every try was cut off, or neither a size nor a sha256 to check against.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -123,15 +128,19 @@ def download(url: str, dest: str | Path, *, expected_size: int | None = None, tr
             try:
                 with _open(url, start, timeout, validator) as response:
                     offset, server_total = _total_from(response, start)
+                    if total is not None and server_total is not None and server_total != total:
+                        raise VerificationFailed(f"{url}: the server says {server_total} bytes, expected {total}")
+                    total = total if total is not None else server_total
+                    if total is None and expected_sha256 is None:
+                        raise FetchError(f"{url}: the server gives no size (no Content-Length) and no sha256 is "
+                                         f"known for this file: there is nothing to check the download against, "
+                                         f"so it is refused")
                     if offset == 0 and _validator(response):
                         version.write_text(_validator(response), encoding="utf-8")
                     elif offset == 0:
                         version.unlink(missing_ok=True)
-                    if total is not None and server_total is not None and server_total != total:
-                        raise VerificationFailed(f"{url}: the server says {server_total} bytes, expected {total}")
-                    total = total if total is not None else server_total
                     if bar is None:
-                        bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024,
+                        bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1000,
                                    desc=desc or dest.name)
                     else:
                         bar.reset(total=total)
@@ -167,6 +176,12 @@ def download(url: str, dest: str | Path, *, expected_size: int | None = None, tr
     size = part.stat().st_size
     if total is not None and size != total:
         raise VerificationFailed(f"{url}: got {size} bytes, expected {total}; run again to resume")
+    digest = sha256_file(part, desc=f"sha256 {dest.name}")
+    if expected_sha256 is not None and digest != expected_sha256:
+        part.unlink(missing_ok=True)
+        version.unlink(missing_ok=True)
+        raise VerificationFailed(f"{url}: sha256 {digest}, expected {expected_sha256}: these bytes are not the "
+                                 f"file, so they were deleted, not placed")
     os.replace(part, dest)
     version.unlink(missing_ok=True)
-    return dest
+    return digest

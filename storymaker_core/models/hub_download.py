@@ -3,8 +3,9 @@
 not downloaded), Xet transfers and in-run resume of a cut connection.
 
 The file is downloaded into ``ComfyUI/models/.storymaker-download/<key>/`` (``local_dir`` mode: no
-second copy in the cache), checked against the size and sha256 the Hub publishes (the LFS ETag), and
-only then moved to its final name, so that name never holds a partial or wrong file.
+second copy in the cache), checked against the expected size and sha256 (the catalog's pin; for a file
+without one, what the Hub publishes: its LFS ETag), and only then moved to its final name, so that name
+never holds a partial or wrong file.
 """
 
 from __future__ import annotations
@@ -98,23 +99,26 @@ def hub_file_info(source: HubSource) -> HubFileInfo:
                        commit=meta.commit_hash, url=url)
 
 
-def check_bytes(path: Path, info: HubFileInfo, what: str) -> str:
-    """Compare ``path`` with the published size and sha256; returns the sha256 (computed).
+def check_bytes(path: Path, size: int | None, sha256: str | None, what: str, basis: str) -> str:
+    """Compare ``path`` with the expected ``size`` and ``sha256`` (``basis`` says whose numbers they are, e.g.
+    "the pin"); returns the sha256 (computed).
 
     Raises:
         VerificationFailed: the size or the sha256 differs.
     """
-    size = path.stat().st_size
-    if info.size is not None and size != info.size:
-        raise VerificationFailed(f"{what}: {size} bytes, the Hub publishes {info.size}")
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        raise VerificationFailed(f"{what}: {actual} bytes, {basis} says {size}")
     digest = sha256_file(path, desc=f"sha256 {path.name}")
-    if info.sha256 is not None and digest != info.sha256:
-        raise VerificationFailed(f"{what}: sha256 {digest}, the Hub publishes {info.sha256}")
+    if sha256 is not None and digest != sha256:
+        raise VerificationFailed(f"{what}: sha256 {digest}, {basis} says {sha256}")
     return digest
 
 
-def download_hub_file(source: HubSource, dest: Path, info: HubFileInfo, staging: Path) -> str:
-    """Download ``source`` (pinned to ``info.commit``) into ``staging``, check it, move it to ``dest``.
+def download_hub_file(source: HubSource, dest: Path, info: HubFileInfo, staging: Path, *, size: int | None,
+                      sha256: str | None, basis: str) -> str:
+    """Download ``source`` (pinned to ``info.commit``) into ``staging``, check it against ``size`` and
+    ``sha256``, and only then move it to ``dest``.
 
     Returns:
         the file's sha256.
@@ -132,10 +136,14 @@ def download_hub_file(source: HubSource, dest: Path, info: HubFileInfo, staging:
         remove_staging(staging)  # huggingface_hub keeps no partial file to resume from; only its locks
         raise _explain(e, source, info.url) from e
     try:
-        digest = check_bytes(staged, info, f"downloaded {source.describe()}")
+        digest = check_bytes(staged, size, sha256, f"downloaded {source.describe()}", basis)
     except VerificationFailed:
         remove_staging(staging)  # never reuse bytes that failed the check
         raise
-    move_into_place(staged, dest)
-    remove_staging(staging)
+    try:
+        move_into_place(staged, dest)
+    except OSError as e:
+        raise FetchError(f"cannot write {dest}: {e.strerror or e}") from e
+    finally:
+        remove_staging(staging)
     return digest

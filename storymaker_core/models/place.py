@@ -10,10 +10,11 @@ from pathlib import Path
 STAGING_NAME = ".storymaker-download"
 
 
-def staging_dir(comfyui: Path, key: str) -> Path:
-    """``ComfyUI/models/.storymaker-download/<key>``: on the models' disk, but in no folder ComfyUI lists
-    (it lists ``models/checkpoints`` and the like recursively, hidden folders included)."""
-    return Path(comfyui) / "models" / STAGING_NAME / key
+def staging_dir(models_dir: Path, key: str) -> Path:
+    """``ComfyUI/models/.storymaker-download/<key>`` (``models_dir``: ComfyUI's ``models`` folder): on the
+    models' disk, but in no folder ComfyUI lists (it lists ``models/checkpoints`` and the like recursively,
+    hidden folders included)."""
+    return Path(models_dir) / STAGING_NAME / key
 
 
 def move_into_place(source: Path, dest: Path) -> None:
@@ -41,9 +42,9 @@ def remove_staging(folder: Path) -> None:
         pass
 
 
-def prune_staging(comfyui: Path) -> None:
+def prune_staging(models_dir: Path) -> None:
     """Remove the empty folders of ``models/.storymaker-download`` (partial downloads stay, to be resumed)."""
-    root = Path(comfyui) / "models" / STAGING_NAME
+    root = Path(models_dir) / STAGING_NAME
     if not root.is_dir():
         return
     for folder, _, _ in sorted(os.walk(root), key=lambda entry: -len(entry[0])):

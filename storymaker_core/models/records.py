@@ -1,7 +1,9 @@
 """What this command last verified, so that a re-run does not re-hash gigabytes.
 
 Hashing SDXL (6.9 GB) takes a minute or more, every run. Instead, after a file is downloaded or hashed,
-its size, modification time and sha256 are written to ``ComfyUI/models/.storymaker-models.json``. A file
+its size, modification time and sha256 are written to ``ComfyUI/models/.storymaker-models.json`` (the
+``models`` folder of ``--base-directory`` when ComfyUI runs with one). Files inside that base folder are keyed
+by their relative path, files elsewhere (folders of ``extra_model_paths.yaml``) by their absolute path. A file
 whose size and mtime still match its record is taken as verified; any change (a corrupted copy, a file
 replaced by hand) makes the next run hash it again. ``--verify`` ignores the records and hashes everything.
 """
@@ -25,7 +27,7 @@ def sha256_file(path: str | Path, desc: str | None = None, chunk: int = 1 << 22)
     """sha256 of a file with a tqdm bar (large files take a while)."""
     digest = hashlib.sha256()
     size = os.path.getsize(path)
-    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
+    with open(path, "rb") as f, tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1000,
                                      desc=desc or f"sha256 {Path(path).name}", leave=False,
                                      disable=size < (64 << 20)) as bar:
         while block := f.read(chunk):
@@ -43,12 +45,13 @@ class FileRecord:
 
 
 class Records:
-    """The JSON file of :class:`FileRecord` keyed by path relative to the ComfyUI folder."""
+    """The JSON file of :class:`FileRecord` keyed by path relative to ``root`` (ComfyUI's base folder), or
+    absolute for a file outside it."""
 
-    def __init__(self, comfyui: Path, read_only: bool = False):
-        self.comfyui = Path(comfyui)
+    def __init__(self, root: Path, read_only: bool = False):
+        self.root = Path(root)
         self.read_only = read_only  # --dry-run writes nothing
-        self.path = self.comfyui / "models" / RECORDS_NAME
+        self.path = self.root / "models" / RECORDS_NAME
         self._data: dict[str, dict] = {}
         if self.path.is_file():
             try:
@@ -57,7 +60,14 @@ class Records:
                 logger.warning("ignoring %s (%s): files will be hashed again", self.path, e)
 
     def _key(self, path: Path) -> str:
-        return Path(os.path.relpath(path, self.comfyui)).as_posix()
+        absolute = os.path.abspath(path)
+        try:
+            relative = os.path.relpath(absolute, os.path.abspath(self.root))
+        except ValueError:  # another drive (Windows)
+            return Path(absolute).as_posix()
+        if relative == ".." or relative.startswith(".." + os.sep):
+            return Path(absolute).as_posix()
+        return Path(relative).as_posix()
 
     def get(self, path: Path) -> FileRecord | None:
         entry = self._data.get(self._key(path))

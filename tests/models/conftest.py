@@ -1,10 +1,12 @@
 """Fixtures for the model-fetch tests: the loopback hosts serving small stand-ins of every model file,
-a ComfyUI folder, and an environment that points huggingface_hub at the loopback hub and at temporary
-caches (never at the real Hub, never at the user's cache)."""
+the catalog pinned to those stand-ins, a ComfyUI folder, and an environment that points huggingface_hub
+at the loopback hub and at temporary caches (never at the real Hub, never at the user's cache)."""
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # the helper module beside this 
 from models_fake_hosts import FakeHosts  # noqa: E402
 from models_support import ONNX_NAMES, payload, zip_of  # noqa: E402
 
-from storymaker_core.models import http_download  # noqa: E402
-from storymaker_core.models.catalog import ITEMS, HubSource  # noqa: E402
+from storymaker_core.models import catalog, http_download  # noqa: E402
+from storymaker_core.models.catalog import ITEMS, UNKNOWN, HubSource, Pin  # noqa: E402
 
 
 @pytest.fixture
@@ -44,8 +46,35 @@ def comfyui(tmp_path) -> Path:
     return root
 
 
+def served_bytes(hosts, item) -> bytes:
+    """What the loopback hosts serve for ``item`` (for the pack: the zip)."""
+    if item.unzip_members:
+        return hosts.releases["buffalo_l.zip"]
+    if isinstance(item.source, HubSource):
+        return hosts.hub[f"{item.source.repo_id}/{item.source.filename}"]
+    return hosts.releases[item.name]
+
+
+@pytest.fixture
+def repin(hosts, onnx_files, monkeypatch):
+    """Pin the catalog to what the hosts serve now (call again after changing a served file). A file the
+    real catalog leaves unpinned (StoryMaker's mask.bin) stays unpinned, as it is for users."""
+
+    def pin(**overrides: Pin):
+        items = []
+        for item in ITEMS:
+            data = served_bytes(hosts, item)
+            new = Pin(len(data), hashlib.sha256(data).hexdigest(), "loopback stand-in") if item.pin.known else UNKNOWN
+            members = tuple((name, hashlib.sha256(onnx_files[name]).hexdigest()) for name in item.unzip_members)
+            items.append(replace(item, pin=overrides.get(item.key, new), member_sha256=members))
+        monkeypatch.setattr(catalog, "ITEMS", tuple(items))
+        return tuple(items)
+
+    return pin
+
+
 @pytest.fixture(autouse=True)
-def hub_environment(tmp_path, monkeypatch, hosts):
+def hub_environment(tmp_path, monkeypatch, hosts, repin):
     monkeypatch.setenv("HF_ENDPOINT", hosts.url)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -54,4 +83,5 @@ def hub_environment(tmp_path, monkeypatch, hosts):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("COMFYUI_PATH", raising=False)
     monkeypatch.setattr(http_download, "RETRY_WAIT_S", 0.0)
+    repin()
 

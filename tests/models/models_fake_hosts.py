@@ -5,7 +5,8 @@ Hub: ``HEAD/GET /{repo_id}/resolve/{revision}/{filename}`` with the headers hugg
 and Range support. Release host: ``HEAD/GET /releases/{name}`` with Range, ETag and If-Range support. ``cut_next(path)``
 makes the next GET of ``path`` send half the body and drop the connection; ``ignore_range`` makes the
 server answer every Range request with the whole file (200), as some hosts do; ``refuse_head`` answers
-HEAD on the release host with 403, as signed download URLs do.
+HEAD on the release host with 403, as signed download URLs do; ``omit_length`` makes the release host send
+no Content-Length (the body then ends when the connection closes).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class FakeHosts:
         self.cut: set[str] = set()
         self.ignore_range = False
         self.refuse_head = False  # release host: 403 to HEAD, like signed redirect URLs that allow GET only
+        self.omit_length = False  # release host: no Content-Length header (body delimited by closing)
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -133,7 +135,11 @@ class FakeHosts:
                         hosts.statuses.append((path, 200))
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data) - start))
+                if hosts.omit_length and path.startswith("/releases/"):
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(data) - start))
                 self.end_headers()
                 if not body:
                     return

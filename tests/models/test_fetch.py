@@ -31,7 +31,7 @@ def leftovers(comfyui) -> list[str]:
 
 
 def test_fresh_download_puts_every_file_under_the_name_the_workflows_use(comfyui, hosts, onnx_files, capsys):
-    assert fetch(comfyui, hosts, "--accept-insightface-license") == 0
+    assert fetch(comfyui, hosts, "--accept-insightface-license", "--trust-unpinned") == 0
     for item in ITEMS:
         if item.unzip_members:
             folder = comfyui / "models/insightface/models/buffalo_l"
@@ -44,11 +44,13 @@ def test_fresh_download_puts_every_file_under_the_name_the_workflows_use(comfyui
     assert (comfyui / "models/controlnet/controlnet-openpose-sdxl-1.0.safetensors").is_file()
     assert leftovers(comfyui) == []  # no partial file, no staging folder, no zip kept
     assert len(hosts.gets(f"/resolve/{COMMIT}/")) == 4  # Hub files: pinned to the commit the HEAD reported
-    assert "all 6 model(s) in place" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "all 6 model(s) in place" in out
+    assert out.count("checked against the pin") == 5 and "NOT pinned: checked only against what the Hub" in out
 
 
 def test_present_files_are_skipped_without_touching_the_network(comfyui, hosts, capsys):
-    assert fetch(comfyui, hosts, "--accept-insightface-license") == 0
+    assert fetch(comfyui, hosts, "--accept-insightface-license", "--trust-unpinned") == 0
     assert len(hosts.gets()) == 6  # one body per model
     hosts.log.clear()
     assert fetch(comfyui, hosts, "--accept-insightface-license") == 0
@@ -57,13 +59,13 @@ def test_present_files_are_skipped_without_touching_the_network(comfyui, hosts, 
     assert out.count("] present:") == 6
 
 
-def test_files_placed_by_hand_are_checked_against_the_published_size_and_sha256(comfyui, hosts, capsys):
+def test_files_placed_by_hand_are_checked_against_the_pinned_size_and_sha256(comfyui, hosts, capsys):
     sdxl = next(item for item in ITEMS if item.key == "sdxl")
     target = comfyui / sdxl.folder / sdxl.name
     target.parent.mkdir(parents=True)
     target.write_bytes(served(hosts, sdxl))
     assert fetch(comfyui, hosts, "--only", "sdxl") == 0
-    assert [m for m, path, _ in hosts.log if "sd_xl_base" in path] == ["HEAD"]  # checked, not downloaded
+    assert hosts.log == []  # checked against the pin: no request, no download
     assert "[sdxl] present" in capsys.readouterr().out
     records = json.loads((comfyui / "models/.storymaker-models.json").read_text())
     assert records["models/checkpoints/sd_xl_base_1.0.safetensors"]["sha256"] == \
@@ -123,12 +125,13 @@ def test_a_cut_connection_to_a_release_host_is_resumed_from_where_it_stopped(com
     assert leftovers(comfyui) == []
 
 
-def test_a_cut_connection_to_the_hub_is_resumed_by_huggingface_hub(comfyui, hosts):
+def test_a_cut_connection_to_the_hub_is_resumed_by_huggingface_hub(comfyui, hosts, repin):
     """huggingface_hub writes 10 MiB chunks and resumes after the last one written: a 25 MiB file cut in the
     middle continues from 10 MiB instead of starting over."""
     item = next(item for item in ITEMS if item.key == "sdxl")
     body = payload("big", 25 << 20)
     hosts.hub[f"{item.source.repo_id}/{item.source.filename}"] = body
+    repin()
     path = f"/{item.source.repo_id}/resolve/{COMMIT}/{item.source.filename}"  # the download is pinned
     hosts.cut_next(path)
     assert fetch(comfyui, hosts, "--only", "sdxl") == 0
@@ -138,7 +141,7 @@ def test_a_cut_connection_to_the_hub_is_resumed_by_huggingface_hub(comfyui, host
 
 
 def test_insightface_is_refused_until_its_licence_is_accepted_and_the_others_still_come(comfyui, hosts, capsys):
-    assert fetch(comfyui, hosts) == 1
+    assert fetch(comfyui, hosts, "--trust-unpinned") == 1
     captured = capsys.readouterr()
     assert "non-commercial research purposes" in captured.out  # the licence is shown
     assert "[insightface] refused" in captured.out and "--accept-insightface-license" in captured.out
@@ -186,10 +189,10 @@ def test_list_prints_sources_and_folders_without_network(hosts, capsys):
 @pytest.mark.parametrize("refuse_head", [False, True])
 def test_dry_run_reports_sizes_and_writes_nothing(comfyui, hosts, capsys, refuse_head):
     hosts.refuse_head = refuse_head  # then the size comes from a one-byte ranged GET
-    assert fetch(comfyui, hosts, "--dry-run", "--accept-insightface-license") == 0
+    assert fetch(comfyui, hosts, "--dry-run", "--accept-insightface-license", "--trust-unpinned") == 0
     out = capsys.readouterr().out
     assert out.count("would download") == 6
-    assert "146.5 KiB" in out and "117.2 KiB" in out  # a Hub file's size, and the release host's sam file
+    assert "(150.0 KB)" in out and "(120.0 KB)" in out  # a Hub file's size, and the release host's sam file
     assert all(rng == "bytes=0-0" for _, _, rng in hosts.gets())  # no body transferred
     assert list((comfyui / "models").rglob("*")) == []
 
@@ -229,7 +232,8 @@ def test_bytes_that_differ_from_the_published_sha256_never_take_the_final_name(c
     item = next(item for item in ITEMS if item.key == "clip_vision")
     hosts.hub_sha256[f"{item.source.repo_id}/{item.source.filename}"] = "0" * 64  # a mirror serving other bytes
     assert fetch(comfyui, hosts, "--only", "clip_vision") == 1
-    assert f"the Hub publishes {'0' * 64}" in capsys.readouterr().out
+    assert f"sha256 {'0' * 64}; the pin is" in capsys.readouterr().out
+    assert hosts.gets() == []  # refused before any byte was downloaded
     assert not (comfyui / item.folder / item.name).exists()
     assert leftovers(comfyui) == []
 
@@ -255,19 +259,19 @@ def test_convert_writes_the_half_size_safetensors_right_after_the_download(comfy
     mask_bin = comfyui / "release-mask.bin"
     torch.save(state, mask_bin)
     hosts.hub[f"{item.source.repo_id}/{item.source.filename}"] = mask_bin.read_bytes()
-    assert fetch(comfyui, hosts, "--only", "storymaker", "--convert") == 0
+    assert fetch(comfyui, hosts, "--only", "storymaker", "--convert", "--trust-unpinned") == 0
     converted = comfyui / "models/storymaker/storymaker.safetensors"
     tensors = load_file(converted)
     original = load_storymaker_weights(str(comfyui / "models/storymaker/mask.bin"))
     assert all(v.dtype == torch.float16 for v in tensors.values())
     assert torch.equal(tensors["ip_adapter.1.to_k_ip.weight"], original.ip_adapter["1.to_k_ip.weight"].half())
     assert "converted to" in capsys.readouterr().out
-    assert fetch(comfyui, hosts, "--only", "storymaker", "--convert") == 0  # second run: nothing to do
+    assert fetch(comfyui, hosts, "--only", "storymaker", "--convert", "--trust-unpinned") == 0  # nothing to do
     assert "already converted from this mask.bin" in capsys.readouterr().out
     state["ip_adapter"]["1.to_k_ip.weight"] = state["ip_adapter"]["1.to_k_ip.weight"] + 1  # a new release
     torch.save(state, mask_bin)
     hosts.hub[f"{item.source.repo_id}/{item.source.filename}"] = mask_bin.read_bytes()
-    assert fetch(comfyui, hosts, "--only", "storymaker", "--convert", "--verify") == 0
+    assert fetch(comfyui, hosts, "--only", "storymaker", "--convert", "--verify", "--trust-unpinned") == 0
     assert torch.equal(load_file(converted)["ip_adapter.1.to_k_ip.weight"],
                        state["ip_adapter"]["1.to_k_ip.weight"].half())  # converted again from the new file
 
@@ -296,10 +300,11 @@ def test_a_file_missing_on_the_hub_is_named(comfyui, hosts, capsys):
     assert "models/image_encoder/model.safetensors not found in h94/IP-Adapter" in capsys.readouterr().out
 
 
-def test_a_pack_without_the_expected_onnx_files_is_refused_and_not_kept(comfyui, hosts, onnx_files, capsys):
+def test_a_pack_without_the_expected_onnx_files_is_refused_and_not_kept(comfyui, hosts, onnx_files, capsys, repin):
     from models_support import zip_of
 
     hosts.releases["buffalo_l.zip"] = zip_of({k: v for k, v in onnx_files.items() if k != "genderage.onnx"})
+    repin()  # a pinned zip that lacks a member
     assert fetch(comfyui, hosts, "--only", "insightface", "--accept-insightface-license") == 1
     assert "the zip lacks genderage.onnx" in capsys.readouterr().out
     assert leftovers(comfyui) == []  # the bad zip is not resumed next time
@@ -339,3 +344,41 @@ def test_a_partial_file_is_resumed_only_if_the_server_still_has_that_version(com
     assert [status for path, status in hosts.statuses if path.endswith(item.name)] == [206 if same_version else 200]
     assert (comfyui / item.folder / item.name).read_bytes() == new
     assert leftovers(comfyui) == [] and not (comfyui / item.folder / (item.name + ".part.version")).exists()
+
+
+def test_ctrl_c_while_unzipping_leaves_the_live_pack_folder_untouched(comfyui, hosts, onnx_files, monkeypatch,
+                                                                      capsys):
+    """A simulated Ctrl-C while the third .onnx file is being unzipped: the live buffalo_l folder keeps the old
+    pack exactly (no .onnx.part, no mix of versions), no staging folder is left, and the next run installs the
+    zip it had already downloaded and checked."""
+    from storymaker_core.models import insightface_pack
+
+    folder = comfyui / "models/insightface/models/buffalo_l"
+    folder.mkdir(parents=True)
+    old = {name: b"<html>an older, broken download</html>" for name in ONNX_NAMES}
+    for name, data in old.items():
+        (folder / name).write_bytes(data)
+    real_hashlib, started = insightface_pack.hashlib, []
+
+    class Interrupted:
+        def update(self, block):
+            raise KeyboardInterrupt
+
+    class Hashlib:  # the third member's digest interrupts the unzip (the old code and the new one both hash)
+        @staticmethod
+        def sha256(*args):
+            started.append(1)
+            return Interrupted() if len(started) == 3 else real_hashlib.sha256(*args)
+
+    monkeypatch.setattr(insightface_pack, "hashlib", Hashlib)
+    assert fetch(comfyui, hosts, "--only", "insightface", "--accept-insightface-license") == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert len(started) == 3
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == old
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["buffalo_l"]
+    assert not [p for p in (comfyui / "models").rglob("*.onnx.part")]
+    monkeypatch.setattr(insightface_pack, "hashlib", real_hashlib)
+    assert fetch(comfyui, hosts, "--only", "insightface", "--accept-insightface-license") == 0
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == onnx_files
+    assert len(hosts.gets("buffalo_l.zip")) == 1  # the checked zip was kept for the next run
+    assert leftovers(comfyui) == []
