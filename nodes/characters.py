@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -16,6 +17,7 @@ from ..storymaker_core.characters import (
     reference_mask,
     save_character,
 )
+from ..storymaker_core.model_files import CLIP_VIT_H_WIDTH
 from ..storymaker_core.identity import (
     AUTO,
     FACE_ONLY_CHOICES,
@@ -27,6 +29,8 @@ from ..storymaker_core.identity import (
 )
 from .common import CATEGORY, checked_floats, images_to_numpy, mask_row, numpy_to_images, progress_bar
 from .encode import with_clip_features
+
+logger = logging.getLogger(__name__)
 
 CHARACTER = "STORYMAKER_CHARACTER"
 
@@ -116,6 +120,9 @@ def _usable_mask(mask, rgb, name):
         raise ValueError(f"{name}: the mask is LoadImage's empty 64x64 placeholder (the image has no alpha channel). "
                          f"Load the character's mask with LoadImageMask, paint it in the mask editor, or connect a "
                          f"Segment Anything model instead.")
+    if mask is not None and float(mask.min()) >= 0.5:
+        logger.warning("%s: the mask is white everywhere, so the character crop is the whole reference, background "
+                       "included, and StoryMaker will copy that background too. Paint only the character white.", name)
     return mask
 
 
@@ -169,7 +176,13 @@ class StoryMakerSaveCharacter:
         if os.path.commonpath([real_folder, os.path.realpath(path)]) != real_folder:  # a second guard
             raise ValueError(f"filename: {os.path.basename(path)!r} would be written outside "
                              f"models/storymaker_characters/; write a plain file name such as 'ava'.")
-        save_character(path, with_clip_features(character, clip_vision), {"node": "StoryMakerSaveCharacter"})
+        encoded = with_clip_features(character, clip_vision)
+        width = encoded.character_clip.shape[-1]
+        if width != CLIP_VIT_H_WIDTH:
+            raise ValueError(f"clip_vision gives {width}-wide features; StoryMaker reads CLIP-ViT-H-14's "
+                             f"{CLIP_VIT_H_WIDTH} (a character saved with them could never be used). Connect "
+                             f"CLIP-ViT-H-14-laion2B to clip_vision.")
+        save_character(path, encoded, {"node": "StoryMakerSaveCharacter"})
         return {"ui": {"text": [os.path.basename(path)]}}
 
 

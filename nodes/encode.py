@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..storymaker_core.characters import CharacterError, blend_characters
 from ..storymaker_core.encode import encode_characters
 from .common import CATEGORY, numpy_to_images, progress_bar
+
+logger = logging.getLogger(__name__)
 
 
 def clip_features(clip_vision, crops):
@@ -25,6 +29,18 @@ def with_clip_features(character, clip_vision):
                              f"(laion2B) to clip_vision, or use a character saved with its features.")
     face = clip_features(clip_vision, character.face_image) if character.has_face else None  # no face: no crop
     return character.with_clip(clip_features(clip_vision, character.character_image), face)
+
+
+def warn_about_repeats(cast: list) -> None:
+    """Say so when one character fills two slots: it is drawn twice (two copies in two regions)."""
+    seen = {}
+    for slot, character in enumerate(cast, start=1):
+        key = id(character)
+        if key in seen or character.name.strip().lower() in {n for _, n in seen.values()}:
+            first = next(s for k, (s, n) in seen.items() if k == key or n == character.name.strip().lower())
+            logger.warning("Encode StoryMaker Characters: character_%d and character_%d are the same character "
+                           "('%s'): it will appear twice. Connect each character once.", first, slot, character.name)
+        seen[key] = (slot, character.name.strip().lower())
 
 
 class StoryMakerEncodeCharacters:
@@ -59,6 +75,7 @@ class StoryMakerEncodeCharacters:
         if character_3 is not None and character_2 is None:
             raise CharacterError("character_3 is connected but character_2 is not: connect characters in order.")
         cast = [c for c in (character_1, character_2, character_3) if c is not None]
+        warn_about_repeats(cast)
         bar = progress_bar(len(cast) + 1)
         encoded = []
         for character in cast:

@@ -37,3 +37,19 @@ def test_a_thin_mask_vanishes_at_the_coarse_attention_resolutions():
     assert vanished_regions([None, stripe], (128, 128)) == []  # half of one 8-pixel cell: kept (>= 0.5)
     assert vanished_regions([None, stripe], (64, 64)) == [2]  # a quarter of one 16-pixel cell: gone
     assert vanished_regions([torch.ones(8, 8), stripe], (32, 32)) == [2]
+
+
+def test_the_same_character_in_two_slots_is_named(caplog):
+    import sys
+
+    import numpy as np
+
+    from storymaker_core.characters import Character
+
+    our_node_classes()
+    encode = next(m for n, m in sys.modules.items() if n.endswith("nodes.encode") and hasattr(m, "warn_about_repeats"))
+    ava = Character(name="ava", id_embedding=torch.zeros(512), character_image=np.zeros((1, 8, 8, 3), np.uint8),
+                    character_clip=torch.zeros(4, 8), identity="appearance")
+    with caplog.at_level(logging.WARNING):
+        encode.warn_about_repeats([ava, ava])
+    assert "character_1 and character_2 are the same character ('ava')" in caplog.text

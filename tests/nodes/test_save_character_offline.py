@@ -26,7 +26,7 @@ def folders(tmp_path, monkeypatch):
 def encoded(name: str) -> Character:
     """A saveable (encoded, appearance-only) character; its name is used when filename is empty."""
     return Character(name=name, id_embedding=torch.zeros(512), character_image=np.zeros((1, 8, 8, 3), np.uint8),
-                     character_clip=torch.zeros(4, 8), identity="appearance")
+                     character_clip=torch.zeros(4, 1280), identity="appearance")
 
 
 def save(filename: str, name: str = "ava"):
@@ -79,3 +79,12 @@ def test_a_folder_that_leads_out_is_caught_by_the_second_guard(folders, monkeypa
     with pytest.raises(ValueError, match="outside models/storymaker_characters/"):
         save("ava")
     assert not (tmp_path / "escaped.safetensors").exists()
+
+
+def test_features_of_another_clip_vision_are_refused_at_save_naming_it(folders):
+    folder, _ = folders
+    narrow = Character(name="ava", id_embedding=torch.zeros(512), character_image=np.zeros((1, 8, 8, 3), np.uint8),
+                       character_clip=torch.zeros(4, 1024), identity="appearance")  # ViT-L's width
+    with pytest.raises(ValueError, match="clip_vision gives 1024-wide features; StoryMaker reads CLIP-ViT-H-14's 1280"):
+        our_node_classes()["StoryMakerSaveCharacter"]().save(narrow, "ava")
+    assert not any(folder.iterdir())
