@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a runner character's identity mode: auto, face or appearance")
     src.add_argument("--vistorybench-outputs", action="append", default=[], metavar="RUN",
                      help="ViStoryBench run folder OUTPUTS/<method>/<mode>/<language>/<timestamp>; repeat per method")
+    src.add_argument("--vistorybench-converted", metavar="DIR", default=None,
+                     help="the folder `vistorybench convert` wrote for that dataset: appearance-only characters are "
+                          "then scored on their region of the shot")
+    src.add_argument("--lenient-names", action="store_true",
+                     help="match shot characters to the dataset's names loosely (case, spacing), as before; default: "
+                          "their exact keys, as ViStoryBench's loader does")
     src.add_argument("--dataset", help="ViStoryBench dataset (folder of NN/story.json, or its parent)")
     src.add_argument("--stories", nargs="+", metavar="ID", help="ViStoryBench: only these story ids")
     t.add_argument("--out", "-o", required=True, help="output folder for results.json/.md and story_consistency.png")
@@ -223,7 +229,9 @@ def _load_stories(args: argparse.Namespace) -> list:
     from .story_vistorybench import stories_from_vistorybench
 
     stories = [s for run in args.vistorybench_outputs
-               for s in stories_from_vistorybench(run, args.dataset, args.stories)]
+               for s in stories_from_vistorybench(run, args.dataset, args.stories,
+                                                  converted=args.vistorybench_converted,
+                                                  lenient_names=args.lenient_names)]
     keys = [(s.method, s.name) for s in stories]
     twice = sorted({m for m, n in keys if keys.count((m, n)) > 1})
     if twice:
@@ -250,7 +258,8 @@ def run_story(args: argparse.Namespace) -> int:
                   + " over stories: the stories are the independent samples")
     meta["units"] = "summary: 100 x cosine, count accuracy and swap rate in %; characters/shots: raw cosines"
     meta["identity"] = ("face: ArcFace (insightface) of matched faces; appearance: CLIP-I of the reference's "
-                        "character crop (mask, else whole image) vs the whole shot")
+                        "character crop (mask, else whole image) vs the character's region of the shot where "
+                        "the shot says where it was placed, else the whole shot")
     meta["face_matching"] = (f"K on-stage face characters <-> K+{args.extra_faces} largest faces, best assignment; "
                              "swap = matched face closer to another on-stage character")
     meta["count"] = "count accuracy: detected faces == on-stage face characters (stories with a face character)"

@@ -9,7 +9,7 @@ over the character's references (``character_face_similarity``); appearance char
 (``RenderedPanel.regions``), so an appearance character is compared on *its region* of the panel -- the region's
 bounding box, outside the region painted white, squashed to 224x224: the crop its references went through
 (``preprocess.character_crop``). A character placed on the whole image (region None, layout "full") is
-compared on the whole panel, exactly as ``evaluate story`` compares every shot.
+compared on the whole panel, as ``evaluate story`` compares a shot whose placement it does not know.
 
 Nothing here imports ComfyUI: the node converts its inputs and calls :func:`score_panels`.
 """
@@ -230,7 +230,7 @@ def on_stage_names(story: StoryRender) -> list:
 def region_crop(image: np.ndarray, region: Optional[np.ndarray]):
     """(PIL image CLIP-I compares, what it is) for a character placed on ``region`` of ``image``.
 
-    Region None or covering every pixel: the whole panel, as ``evaluate story`` compares shots. Otherwise the
+    Region None or covering every pixel: the whole panel, as ``evaluate story`` does without a region. Otherwise the
     region's bounding box with the outside painted white, squashed to 224x224: ``preprocess.character_crop``,
     the crop the character's references went through. A region of another size than the image (the batch was
     resized after rendering) is resized to it first. An empty region raises ``PreprocessError``.

@@ -9,7 +9,7 @@ after that is the same code.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -37,13 +37,27 @@ class CastMember:
 
 
 @dataclass(frozen=True)
+class Region:
+    """Where a character was placed in a shot: a mask image (white = the character's region), read as the
+    ComfyUI loader that fed it to StoryMaker Apply reads it: ``channel`` red/green/blue (LoadImageMask), or
+    ``alpha`` (1 - alpha: LoadImageMask's alpha channel, LoadImage's MASK output). ``source`` says where it
+    came from, for the report."""
+
+    path: Path
+    channel: str = "red"
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class Shot:
-    """One shot (scene) of a story. ``file`` None, or ``problem`` set: no image to score (reported)."""
+    """One shot (scene) of a story. ``file`` None, or ``problem`` set: no image to score (reported).
+    ``regions``: on-stage name -> its :class:`Region` (an appearance character is scored on it)."""
 
     id: str
     file: Path | None
     characters: tuple[str, ...]
     problem: str | None = None
+    regions: Mapping[str, Region] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,6 +140,86 @@ def _runner_shot(scene_id: str, rec: Any, base: Path, where: str) -> Shot:
     return Shot(id=str(scene_id), file=path, characters=tuple(chars), problem=problem)
 
 
+_APPLY, _ENCODE, _CHARACTER = "StoryMakerApply", "StoryMakerEncodeCharacters", "StoryMakerCharacterFromImage"
+_CHANNELS = {"red": "red", "green": "green", "blue": "blue", "alpha": "alpha"}
+
+
+def _link(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, list) and len(value) == 2 and isinstance(value[1], int):
+        return str(value[0]), value[1]
+    return None
+
+
+def prompt_regions(prompt: Mapping[str, Any], files: Mapping[str, Path], where: str,
+                   notes: list[str]) -> dict[str, Region]:
+    """Cast name -> region of one filled API prompt: for each StoryMaker Apply, ``mask_N`` traced to the
+    loader that feeds it, and character N of its embeds traced to the Character from Image node whose
+    ``name`` the runner set. ``files``: uploaded file name -> local file. What cannot be traced is noted."""
+    out: dict[str, Region] = {}
+    for node in prompt.values():
+        if not isinstance(node, Mapping) or node.get("class_type") != _APPLY:
+            continue
+        inputs = node.get("inputs") or {}
+        embeds = _link(inputs.get("embeds"))
+        encode = prompt.get(embeds[0]) if embeds else None
+        for n in (1, 2, 3):
+            mask = _link(inputs.get(f"mask_{n}"))
+            if mask is None:
+                continue
+            char = _link(((encode or {}).get("inputs") or {}).get(f"character_{n}")) \
+                if (encode or {}).get("class_type") == _ENCODE else None
+            char_node = prompt.get(char[0]) if char else None
+            name = (char_node or {}).get("inputs", {}).get("name") if (char_node or {}).get("class_type") == _CHARACTER \
+                else None
+            if not isinstance(name, str):
+                notes.append(f"{where}: mask_{n} of StoryMaker Apply: its character is not a {_CHARACTER} node "
+                             "the runner named; scored on the whole shot")
+                continue
+            loader = prompt.get(mask[0]) or {}
+            kind, image = loader.get("class_type"), (loader.get("inputs") or {}).get("image")
+            if kind == "LoadImageMask":
+                channel = _CHANNELS.get(str((loader.get("inputs") or {}).get("channel", "red")).lower())
+            elif kind == "LoadImage" and mask[1] == 1:
+                channel = "alpha"
+            else:
+                channel = None
+            if channel is None or not isinstance(image, str):
+                notes.append(f"{where}: the region of {name!r} (mask_{n}) comes from a {kind} node, not a mask "
+                             "image; scored on the whole shot")
+            elif image not in files:
+                notes.append(f"{where}: the region of {name!r} is {image!r} in ComfyUI's input folder, not a file of "
+                             "the story; scored on the whole shot")
+            else:
+                out[name] = Region(files[image], channel, f"mask_{n} <- {files[image].name}")
+    return out
+
+
+def story_file_regions(story_file: str | Path) -> tuple[dict[str, dict[str, Region]], dict[str, str], list[str]]:
+    """(scene id -> {cast name -> region}, scene id -> prompt fingerprint, notes) of a story file, planned
+    as the runner plans it: the masks StoryMaker Apply got for each scene (the converter's left/right
+    bands, or any mask the story binds). A story file that cannot be planned gives no regions and a note."""
+    from ..story.errors import StoryError
+    from ..story.plan import plan_story
+    from ..story.schema import load_story
+
+    path = Path(story_file)
+    if not path.is_file():
+        return {}, {}, [f"story file {path} not found: its scenes' regions are unknown, so appearance characters "
+                        "are scored on whole shots"]
+    try:
+        plans = plan_story(load_story(path))
+    except (StoryError, OSError, ValueError) as exc:
+        first = str(exc).splitlines()[0]
+        return {}, {}, [f"story file {path} cannot be planned ({first}); appearance characters are scored on "
+                        "whole shots"]
+    regions, fingerprints, notes = {}, {}, []
+    for plan in plans:
+        files = {u.name: u.path for u in plan.uploads}
+        regions[plan.id] = prompt_regions(plan.prompt, files, f"scene {plan.id!r}", notes)
+        fingerprints[plan.id] = plan.fingerprint
+    return regions, fingerprints, notes
+
+
 def story_from_runner_manifest(path: str | Path, *, method: str = "StoryMaker",
                                identities: Mapping[str, str] | None = None) -> Story:
     """Read ``story/<name>/manifest.json`` (or its folder) as written by ``python -m storymaker_core.story``.
@@ -160,9 +254,32 @@ def story_from_runner_manifest(path: str | Path, *, method: str = "StoryMaker",
         raise StoryInputError(f"{where}: has no scenes")
     live = [(k, v) for k, v in scenes.items() if not (isinstance(v, Mapping) and v.get("status") == _REMOVED)]
     live.sort(key=lambda kv: (kv[1].get("index", 0) if isinstance(kv[1], Mapping) else 0))
-    shots = tuple(_runner_shot(str(k), v, base, where) for k, v in live)
+    shots = [_runner_shot(str(k), v, base, where) for k, v in live]
+    notes: list[str] = []
+    story_file = (data.get("story") or {}).get("file")
+    if any(s.problem is None and s.characters for s in shots) and isinstance(story_file, str):
+        shots = _with_regions(shots, scenes, _resolve(base, story_file), notes)
     name = str((data.get("story") or {}).get("name") or base.name)
-    return validate_story(Story(name=name, method=method, source=path, cast=cast, shots=shots))
+    return validate_story(Story(name=name, method=method, source=path, cast=cast, shots=tuple(shots),
+                                notes=tuple(notes)))
+
+
+def _with_regions(shots: list[Shot], scenes: Mapping[str, Any], story_file: Path, notes: list[str]) -> list[Shot]:
+    """Each shot with the regions its scene was rendered with, when the story file still plans to the prompt
+    the manifest recorded (same fingerprint); otherwise whole shots, noted."""
+    regions, fingerprints, found = story_file_regions(story_file)
+    notes += found
+    out = []
+    for shot in shots:
+        recorded = (scenes.get(shot.id) or {}).get("fingerprint")
+        mine = regions.get(shot.id) or {}
+        if mine and recorded and fingerprints.get(shot.id) != recorded:
+            notes.append(f"scene {shot.id!r}: the story file changed since it was rendered (prompt fingerprint); "
+                         "its regions are not used, appearance characters are scored on the whole shot")
+            mine = {}
+        kept = {n: r for n, r in mine.items() if n in shot.characters}
+        out.append(replace(shot, regions=kept) if kept else shot)
+    return out
 
 
 def load_runner_stories(paths: Sequence[str | Path], **kwargs: Any) -> list[Story]:

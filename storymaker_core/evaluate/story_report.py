@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -73,6 +74,20 @@ def story_markdown(summary: Mapping[str, Any], characters: Sequence[CharacterSto
         lines += [f"- {s.method} / {s.story} / shot {s.shot}: {s.problem}" for s in missing[:max_listed]]
         if len(missing) > max_listed:
             lines.append(f"- … {len(missing) - max_listed} more in results.json")
+    unscored = [(s, name, rec["problem"]) for s in shots for name, rec in (s.per_character or {}).items()
+                if rec.get("problem")]
+    if unscored:
+        lines += ["", "## Characters not scored in a shot", ""]
+        lines += [f"- {s.method} / {s.story} / shot {s.shot} / {name}: {problem}"
+                  for s, name, problem in unscored[:max_listed]]
+        if len(unscored) > max_listed:
+            lines.append(f"- … {len(unscored) - max_listed} more in results.json")
+    compared = Counter(rec.get("compared", "").split(" x")[0] for s in shots for rec in (s.per_character or {}).values()
+                       if rec.get("compared"))
+    if compared:
+        lines += ["", "Appearance characters compared on: " + ", ".join(f"{k} {v}×" for k, v in sorted(compared.items()))
+                  + " (region: the character's region of the shot, cropped as its references; whole shot: no region "
+                  "known). Numbers of the two kinds are not comparable."]
     wrong = [s for s in shots if s.count_correct is False]
     if wrong:
         lines += ["", "## Shots with a wrong face count", ""]

@@ -10,7 +10,11 @@ Rules (docs/evaluation.md, "Story consistency"):
   are assigned to them by the best assignment (``metrics.best_assignment``), swaps flagged as in
   ``evaluate score``. A character left without a face is counted (``no_face``), never dropped.
 * Appearance characters: CLIP image embedding of the reference's character crop (its mask over white,
-  as StoryMaker conditions on; the whole image without a mask) vs the whole shot.
+  as StoryMaker conditions on; the whole image without a mask) vs the character's *region* of the shot
+  when the shot records one (``Shot.regions``: the region's bounding box, outside painted white, squashed:
+  ``panels.region_crop``), else the whole shot. Two appearance characters with regions in one shot get
+  two embeddings, so two numbers.
+* References: every page of every reference file (a multi-page file is a batch, as LoadImage reads it).
 * A shot without an image (failed, pending, missing, unreadable) is reported with its reason.
 """
 
@@ -24,7 +28,7 @@ import numpy as np
 from ..faces import NoFaceFoundError
 from .embedders import EmbedderError, load_rgb
 from .scoring import _progress
-from .story_input import CastMember, Story
+from .story_input import CastMember, Region, Story
 from .story_metrics import (CharacterStoryScore, ShotScore, assign_faces, character_face_similarity,
                             mean_pairwise_similarity, reference_similarity)
 
@@ -51,6 +55,75 @@ class StoryScoringOptions:
 class StoryScore:
     characters: list[CharacterStoryScore] = field(default_factory=list)
     shots: list[ShotScore] = field(default_factory=list)
+
+
+def load_frames(path) -> list:
+    """[(PIL RGB image, uint8 array)] of every page of an image file, as ComfyUI's LoadImage makes a batch of
+    it: each page upright (EXIF), pages of another size than the first left out, an MPO's first page only.
+    One page for an ordinary image; the converter writes a character's several references as the pages of
+    one TIFF (``vistorybench.convert.reference_batch``)."""
+    from pathlib import Path
+
+    from PIL import Image, ImageOps, ImageSequence
+
+    path = Path(path)
+    if not path.is_file():
+        raise EmbedderError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            frames = []
+            for page in ImageSequence.Iterator(im):
+                rgb = ImageOps.exif_transpose(page).convert("RGB")
+                if frames and rgb.size != frames[0].size:
+                    continue
+                frames.append(rgb)
+                if im.format == "MPO":
+                    break
+    except Exception as exc:  # PIL raises several types for unreadable files
+        raise EmbedderError(f"cannot read image {path}: {exc}") from exc
+    return [(f, np.asarray(f, dtype=np.uint8)) for f in frames]
+
+
+def _reference_images(member: CastMember) -> list[tuple[int, str, object, np.ndarray]]:
+    """(reference index, label, PIL, rgb) for every page of every reference of ``member``."""
+    out = []
+    for i, path in enumerate(member.references):
+        frames = load_frames(path)
+        for j, (pil, rgb) in enumerate(frames):
+            out.append((i, str(path) if len(frames) == 1 else f"{path} (page {j + 1})", pil, rgb))
+    return out
+
+
+def load_region(region: Region) -> np.ndarray:
+    """float32 [H, W] in 0..1 of a :class:`Region`, as the ComfyUI loader that fed StoryMaker Apply reads it
+    (LoadImageMask: the channel; ``alpha``: 1 - alpha, zeros without an alpha channel)."""
+    from PIL import Image, ImageOps
+
+    if not region.path.is_file():
+        raise EmbedderError(f"region mask not found: {region.path}")
+    try:
+        with Image.open(region.path) as im:
+            im = ImageOps.exif_transpose(im)
+            if region.channel == "alpha" and "A" not in im.getbands():
+                return np.zeros((im.height, im.width), np.float32)
+            band = np.asarray(im.convert("RGBA").getchannel(region.channel[0].upper()), np.float32) / 255.0
+    except Exception as exc:
+        raise EmbedderError(f"cannot read region mask {region.path}: {exc}") from exc
+    return 1.0 - band if region.channel == "alpha" else band
+
+
+def _region_view(rgb: np.ndarray, region: Region):
+    """(PIL image CLIP-I compares, what it is) of an appearance character placed on ``region``: the region's
+    bounding box, the outside painted white, squashed to 224x224 (``panels.region_crop``: the crop its
+    references went through); a region covering the whole image is the whole shot."""
+    from ..preprocess import PreprocessError
+    from .panels import region_crop
+
+    try:
+        crop, compared = region_crop(rgb, load_region(region))
+    except PreprocessError as exc:
+        raise EmbedderError(f"region {region.path.name}: {exc}") from exc
+    return crop, compared.replace("whole panel", "whole shot")
 
 
 def _reference_crop(member: CastMember, index: int, pil, rgb):
@@ -85,7 +158,8 @@ def resolve_identity(member: CastMember, face_embedder, clip_embedder) -> Charac
     references accordingly; ``face`` without a face in a reference falls back to appearance, with the reason."""
     from ..identity import decide_identity
 
-    loaded = [load_rgb(p) for p in member.references]
+    pages = _reference_images(member)
+    loaded = [(pil, rgb) for _, _, pil, rgb in pages]
     if member.identity == "appearance":
         ident = CharacterIdentity("appearance", "identity: appearance")
     elif face_embedder is None:
@@ -93,7 +167,7 @@ def resolve_identity(member: CastMember, face_embedder, clip_embedder) -> Charac
     else:
         try:
             decision = decide_identity(_face_selector(face_embedder), [rgb for _, rgb in loaded],
-                                       [str(p) for p in member.references], choice=member.identity, name=member.name)
+                                       [label for _, label, _, _ in pages], choice=member.identity, name=member.name)
         except NoFaceFoundError as exc:
             ident = CharacterIdentity("appearance", f"identity: face, but {exc}")
         else:
@@ -104,7 +178,7 @@ def resolve_identity(member: CastMember, face_embedder, clip_embedder) -> Charac
         if ident.mode == "appearance":
             logger.info("character %r scored by appearance (CLIP-I): %s", member.name, ident.reason)
     if ident.mode == "appearance" and clip_embedder is not None:
-        crops = [_reference_crop(member, i, pil, rgb) for i, (pil, rgb) in enumerate(loaded)]
+        crops = [_reference_crop(member, i, pil, rgb) for i, _, pil, rgb in pages]
         ident.clip = clip_embedder.encode_images(crops).astype(np.float64)
     return ident
 
@@ -163,9 +237,24 @@ def score_story(story: Story, face_embedder=None, clip_embedder=None,
                 if not rec.per_character[c]["face_found"]:
                     cells[c].no_face += 1
         on_look = [c for c in shot.characters if idents[c].mode == "appearance" and idents[c].clip is not None]
-        if on_look:
-            emb = clip_embedder.encode_images([pil])[0].astype(np.float64)
-            for c in on_look:
+        views, scored = [], []
+        for c in on_look:  # each on its own region when the shot says where it was placed, else the whole shot
+            region = shot.regions.get(c)
+            if region is None:
+                view, compared = pil, "whole shot"
+            else:
+                try:
+                    view, compared = _region_view(rgb, region)
+                except EmbedderError as exc:
+                    rec.per_character[c].update(compared=f"region {region.path.name}", problem=str(exc))
+                    logger.warning("story %s, shot %s: %s not scored: %s", story.name, shot.id, c, exc)
+                    continue
+            rec.per_character[c]["compared"] = compared
+            views.append(view)
+            scored.append(c)
+        if scored:
+            embs = clip_embedder.encode_images(views).astype(np.float64)
+            for c, emb in zip(scored, embs):
                 cos = reference_similarity(idents[c].clip, emb)
                 rec.per_character[c]["ref_cos"] = cos
                 ref_cos[c].append(cos)

@@ -18,7 +18,7 @@ from storymaker_core.story.vistorybench.prompts import shot_prompt
 from storymaker_core.story.vistorybench.regions import region_bands
 from storymaker_core.story.vistorybench.templates import TemplateError
 from support.vistorybench_data import (CHARACTERS_01, CHINESE_ONLY_SHOT, MISSING_CHARACTER, REPO, SHOTS_01,
-                                       build_dataset, story_01)
+                                       build_dataset, story_01, write_strict_story)
 
 API = REPO / "workflows" / "api"
 
@@ -51,17 +51,118 @@ def test_story_json_with_bom_keys_with_spaces_and_sorted_references(dataset):
     assert any(MISSING_CHARACTER in w and "not in Characters" in w for w in story.warnings)
 
 
-def test_a_shot_with_chinese_text_only_falls_back_with_warnings(dataset):
+def test_a_shot_with_chinese_text_only_gets_vistorybench_placeholders_or_falls_back(dataset):
+    source = next(s for s in story_01()["Shots"] if s["index"] == CHINESE_ONLY_SHOT)
+    # as ViStoryBench's StoryDataset.load_shots: a field without the language is "(en data missing) " + str(field),
+    # and with no field in the language the shot gets no character_key (their prompt merger and CIDS stop on it)
     story = load_vistory(dataset / "01", "en")
     shot = next(s for s in story.shots if s.index == CHINESE_ONLY_SHOT)
-    source = next(s for s in story_01()["Shots"] if s["index"] == CHINESE_ONLY_SHOT)
+    assert shot.text["scene"] == "(en data missing) " + str(source["Setting Description"])
+    assert shot.text["camera"] == "(en data missing) {'ch': '特写'}"
+    assert shot.character_keys == () and len(shot.fallbacks) == 5
+    assert any(f"shot {CHINESE_ONLY_SHOT}:" in w and "no character_key" in w for w in story.warnings)
+    # --language-fallback --lenient-names: the Chinese text, the rabbit found by name_ch; each field reported
+    lenient = load_vistory(dataset / "01", "en", lenient_names=True, language_fallback=True)
+    shot = next(s for s in lenient.shots if s.index == CHINESE_ONLY_SHOT)
     assert shot.text["scene"] == source["Setting Description"]["ch"]
     assert shot.text["camera"] == source["Shot Perspective Design"]["ch"]
-    assert shot.character_keys == ("Big Brown Rabbit",)  # named in Chinese only: found by name_ch
+    assert shot.character_keys == ("Big Brown Rabbit",)
     assert len(shot.fallbacks) == 5
-    assert sum(f"shot {CHINESE_ONLY_SHOT}:" in w and "no en text" in w for w in story.warnings) == 5
-    chinese = load_vistory(dataset / "01", "ch")
-    assert not any(f"shot {CHINESE_ONLY_SHOT}:" in w for w in chinese.warnings)
+    assert sum(f"shot {CHINESE_ONLY_SHOT}:" in w and "no en text" in w and "differs from ViStoryBench" in w
+               for w in lenient.warnings) == 5
+    chinese = load_vistory(dataset / "01", "ch")  # Chinese text everywhere, but no en list of keys:
+    assert [w.split(": ", 1)[1][:59] for w in chinese.warnings if f"shot {CHINESE_ONLY_SHOT}:" in w] == [
+        "'Characters Appearing' has no en list (the Characters keys)"]  # their loader stops on it (KeyError)
+
+
+def test_names_match_characters_keys_exactly_unless_lenient(tmp_path):
+    """ViStoryBench's prompt merger keeps a name only if it is a key of Characters (``key in characters``) and
+    its CIDS indexes ``Characters[key]``: ' ava stone' is not 'Ava Stone' there."""
+    story = write_strict_story(tmp_path)
+    strict = load_vistory(story, "en")
+    shots = {s.index: s for s in strict.shots}
+    assert shots[1].character_keys == ("Ben",)
+    assert shots[1].unknown_characters == (" ava stone",)
+    assert any("' ava stone' is not a key of Characters" in w and "--lenient-names would take it for 'Ava Stone'" in w
+               for w in strict.warnings)
+    lenient = load_vistory(story, "en", lenient_names=True)
+    assert {s.index: s for s in lenient.shots}[1].character_keys == ("Ava Stone", "Ben")
+    out = tmp_path / "out"
+    summary = convert_dataset(tmp_path, out)
+    scene = next(s for s in load_story(out / "03" / "story.yaml").scenes if s.id == "1")
+    assert scene.characters == ("Ben",) and any("' ava stone' is not a key" in p for p in summary.problems)
+    assert main(["convert", str(tmp_path), str(tmp_path / "lenient"), "--lenient-names"]) == 0
+    scene = next(s for s in load_story(tmp_path / "lenient" / "03" / "story.yaml").scenes if s.id == "1")
+    assert scene.characters == ("Ava Stone", "Ben")
+
+
+def test_a_field_without_the_language_is_their_placeholder_per_field(tmp_path):
+    story = write_strict_story(tmp_path)
+    raw = {s["index"]: s for s in json.loads((story / "story.json").read_text(encoding="utf-8"))["Shots"]}
+    shots = {s.index: s for s in load_vistory(story, "en").shots}
+    # shot 2: Setting Description in Chinese only; the other fields and the characters are read as usual
+    assert shots[2].text["scene"] == "(en data missing) " + str(raw[2]["Setting Description"])
+    assert shots[2].text["plot"] == raw[2]["Plot Correspondence"]["en"] and shots[2].character_keys == ("Ben",)
+    assert shots[2].fallbacks == ("Setting Description",)
+    # shot 3: an empty en text is taken as it is (their loader does not fall back)
+    assert shots[3].text["script"] == "" and shots[3].fallbacks == ()
+    out = tmp_path / "out"
+    summary = convert_dataset(tmp_path, out)
+    prompt = next(s for s in load_story(out / "03" / "story.yaml").scenes if s.id == "2").prompt
+    assert "\\(en data missing\\) {'ch': '" in prompt  # their text, parentheses escaped for ComfyUI
+    assert any("shot 2: Setting Description without en text; given ViStoryBench's placeholder" in p
+               for p in summary.problems)
+    # --language-fallback: the Chinese text, reported per shot as a difference from ViStoryBench
+    summary = convert_dataset(tmp_path, tmp_path / "fb", ConvertOptions(language_fallback=True))
+    scenes = {s.id: s for s in load_story(tmp_path / "fb" / "03" / "story.yaml").scenes}
+    assert raw[2]["Setting Description"]["ch"] in scenes["2"].prompt and "data missing" not in scenes["2"].prompt
+    assert raw[3]["Static Shot Description"]["ch"] in scenes["3"].prompt
+    differences = [p for p in summary.problems if "differs from ViStoryBench" in p]
+    assert [p.split(":")[0] for p in differences] == ["story 03 shot 2", "story 03 shot 3"]
+
+
+def test_every_reference_image_is_used_as_one_image_batch(converted, dataset):
+    """Ava has two references (00.png, 01.jpg): both go into one multi-page file, which ComfyUI's LoadImage
+    reads as a two-image batch for the Character from Image node (pages of one size, upright)."""
+    from PIL import ImageSequence
+
+    out, summary = converted
+    story = load_story(out / "01" / "story.yaml")
+    ava = story.cast["Ava Stone"]
+    assert ava.image.suffix == ".tif"
+    with Image.open(ava.image) as im:
+        pages = [np.asarray(p.convert("RGB")) for p in ImageSequence.Iterator(im)]
+    sources = [np.asarray(Image.open(dataset / "01/image/Ava Stone" / n).convert("RGB")) for n in ("00.png", "01.jpg")]
+    assert len(pages) == 2 and all(p.shape == sources[0].shape for p in pages)
+    assert np.array_equal(pages[0], sources[0])  # same size: the reference as it is, losslessly
+    assert np.abs(pages[1].astype(int) - sources[1]).mean() < 1  # lossless page of the decoded JPEG
+    rabbit = story.cast["Big Brown Rabbit"]  # 00.jpg and side/01.jpg, another size each? same here
+    with Image.open(rabbit.image) as im:
+        assert im.n_frames == 2
+    assert story.cast["Ben"].image.read_bytes() == (dataset / "01/image/Ben/00.jpg").read_bytes()  # one: a copy
+    sidecar = json.loads((out / "01" / "vistorybench.json").read_text(encoding="utf-8"))
+    assert [Path(p).name for p in sidecar["references"]["Ava Stone"]] == ["00.png", "01.jpg"]
+    assert summary.references == {1: 2 + 2, 2: 2}  # Ben, Miko (+ Miko of 02 and 08); Ava, the rabbit
+    plans = {p.id: p for p in plan_story(story)}
+    assert any(u.path == ava.image for u in plans["2"].uploads)
+
+
+def test_references_of_different_sizes_are_letterboxed_onto_one_canvas(tmp_path):
+    from PIL import ImageSequence
+
+    from storymaker_core.story.vistorybench.convert import reference_batch
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (60, 20), (200, 0, 0)).save(wide)
+    tall = tmp_path / "tall.jpg"
+    Image.new("RGB", (10, 40), (0, 0, 200)).save(tall, quality=100)
+    target = reference_batch([wide, tall], tmp_path / "batch.tif")
+    with Image.open(target) as im:
+        pages = [np.asarray(p.convert("RGB")) for p in ImageSequence.Iterator(im)]
+    assert [p.shape for p in pages] == [(40, 60, 3)] * 2  # largest width x largest height
+    first, second = pages
+    assert (first[10:30, :, 0] > 190).all() and (first[:9] == 255).all()  # centred, white around
+    assert (second[:, 25:35, 2] > 180).all() and (second[:, :20] == 255).all()  # one scale: 10x40 stays 10x40
 
 
 def test_splits_and_story_selection(dataset):
@@ -129,15 +230,15 @@ def test_converted_stories_plan_with_the_right_template_cast_and_regions(convert
     assert story.name == "vistorybench-en-01"
     assert {n: m.identity for n, m in story.cast.items()} == {
         n: ("auto" if c["tag"] == "realistic_human" else "appearance") for n, c in CHARACTERS_01.items()}
-    # the first reference of each character, copied beside the story
-    assert story.cast["Ava Stone"].image.read_bytes() == (dataset / "01/image/Ava Stone/00.png").read_bytes()
+    # a character with one reference: copied beside the story (several: test_every_reference_image_is_used...)
+    assert story.cast["Ben"].image.read_bytes() == (dataset / "01/image/Ben/00.jpg").read_bytes()
     assert all(m.mask is None for m in story.cast.values())  # Segment Anything templates: no masks
     plans = {p.id: p for p in plan_story(story)}
     expected_ids = [str(i) for i in sorted([*SHOTS_01, CHINESE_ONLY_SHOT])]
     assert sorted(plans, key=int) == expected_ids
     templates = {sid: Path(p.scene.workflow.path).name for sid, p in plans.items()}
-    assert templates["1"] == "story-template-no-character.api.json"
-    assert templates["2"] == templates["6"] == templates["7"] == "story-template-one-character-sam.api.json"
+    assert templates["1"] == templates["6"] == "story-template-no-character.api.json"  # 6: no en names (strict)
+    assert templates["2"] == templates["7"] == "story-template-one-character-sam.api.json"
     assert templates["3"] == "story-template-two-characters-sam.api.json"
     assert templates["4"] == templates["5"] == "story-template-three-characters-sam.api.json"
     assert plans["5"].characters == ("Miko", "Ava Stone", "Ben")  # the first three, listed order
@@ -170,7 +271,7 @@ def test_summary_counts(converted):
     written = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert written["stories"] == summary.stories == 3
     assert summary.shots == len(SHOTS_01) + 1 + 2 + 2
-    assert summary.no_character == 1 + 1 + 1  # shot 01/1 and shot 2 of stories 02 and 08
+    assert summary.no_character == 2 + 1 + 1  # shots 01/1 and 01/6 (no en field), shot 2 of stories 02 and 08
     assert len(summary.truncated) == 1 and summary.truncated[0].startswith("01/5: 4 characters")
     assert "Big Brown Rabbit" in summary.truncated[0].split("left out of the slots:")[1]
     counts = {(c["tag"], c["identity"]): c["count"] for c in written["characters"]}
@@ -178,7 +279,7 @@ def test_summary_counts(converted):
                       ("non_human", "appearance"): 1}
     assert any(MISSING_CHARACTER in p for p in summary.problems)
     text = summary.format()
-    assert "shots with no character (plain SDXL): 3" in text and "first 3 rendered): 1" in text
+    assert "shots with no character (plain SDXL): 4" in text and "first 3 rendered): 1" in text
 
 
 def test_region_bands_partition_the_width():
@@ -221,7 +322,7 @@ def test_templates_without_sam_or_masks_convert_and_flag_faces(dataset, tmp_path
     (tmp_path / "bare.api.json").write_text(json.dumps(bare))
     summary = convert_dataset(dataset, tmp_path / "out", ConvertOptions(stories=["01"], templates={1: tmp_path / "bare.api.json"}))
     flagged = [p for p in summary.problems if "neither Segment Anything nor a mask node" in p]
-    assert [p.split(":")[0] for p in flagged] == ["shot 01/2", "shot 01/7"]  # Ava; the rabbit (shot 6) is fine
+    assert [p.split(":")[0] for p in flagged] == ["shot 01/2", "shot 01/7"]  # Ava
     story = load_story(tmp_path / "out" / "01" / "story.yaml")
     assert all(m.mask is None for m in story.cast.values())
     assert len(plan_story(story)) == 7

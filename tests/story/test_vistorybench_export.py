@@ -12,10 +12,43 @@ from storymaker_core.story.manifest import DONE, FAILED, Manifest
 from storymaker_core.story.vistorybench.__main__ import main
 from storymaker_core.story.vistorybench.convert import ConvertOptions, convert_dataset
 from storymaker_core.story.vistorybench.export import ExportError, export_stories
-from storymaker_core.story.vistorybench.outputs import read_output_shots
 from support.vistorybench_data import build_dataset
 
 TS = "20250101_120000"
+
+
+def vistorybench_layout(outputs: Path, method: str, mode: str, language: str, timestamp: str) -> dict:
+    """{story id: {shot index: image}} of one export, checked against ViStoryBench's own rules, restated here
+    from their README ("3.1 Output Structure", "Example of your method") and code
+    (``dataset_loader/read_outputs.py``, ``bench_run.py``) -- not with this pack's reader."""
+    import os
+    import re
+    from datetime import datetime
+
+    # README: <method>/<mode>/<language>/<timestamp>/<story_id>/shots/<image>; timestamp YYYYMMDD_HHMMSS
+    assert re.fullmatch(r"\d{8}[_-]\d{6}", timestamp)  # read_outputs.TIMESTAMP_PATTERN
+    datetime.strptime(timestamp.replace("_", "-"), "%Y%m%d-%H%M%S")  # read_outputs._latest_timestamp
+    method_dir = outputs / method
+    # load_outputs reads the language-first layout <method>/<language>/... whenever that folder exists
+    assert not (method_dir / language).is_dir()
+    run = method_dir / mode / language / timestamp
+    found = {}
+    story_dirs = [d for d in os.listdir(run) if (run / d).is_dir()]
+    for sid in sorted(story_dirs, key=int):  # natsorted(..., key=int): every folder name is an integer
+        assert re.fullmatch(r"\d+", sid) and len(sid) >= 2, sid  # README: story_id "01", "02", ... (dataset names)
+        entries = os.listdir(run / sid)
+        # _collect_story_images: timestamp sub-folders would be read instead of the story folder itself
+        assert not [e for e in entries if re.fullmatch(r"\d{8}[_-]\d{6}", e)]
+        shots = [e for e in entries if e.lower() in {"shots", "shot"} or e.endswith("shot") or e.endswith("shots")]
+        assert shots == ["shots"] and (run / sid / "shots").is_dir()  # README: <story_id>/shots/
+        images = {}
+        for name in os.listdir(run / sid / "shots"):
+            assert name.lower().endswith((".png", ".jpg", ".jpeg", ".gif", ".bmp")), name  # IMAGE_EXTS
+            index = int(name.split("_")[-1].split(".")[0])  # their shot key; a ValueError stops their reader
+            assert index not in images, name
+            images[index] = run / sid / "shots" / name
+        found[sid] = images
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +87,31 @@ def test_export_writes_vistorybench_layout_and_lists_what_is_missing(converted, 
     assert shot.read_bytes() == (runs / "vistorybench-en-08" / "02-2.png").read_bytes()
     assert report.exported == {"02": [1], "08": [1, 2]}
     assert report.missing == ["02/2: failed: node 7 raised: no face"]
-    found = read_output_shots(outputs, "storymaker", "base", "en")  # latest run
+    found = vistorybench_layout(outputs, "storymaker", "base", "en", TS)
     assert {sid: sorted(shots) for sid, shots in found.items()} == {"02": [1], "08": [1, 2]}
-    assert "MISSING 1 shot(s)" in report.format()
+    assert found["08"][2].read_bytes() == shot.read_bytes()
+    assert "MISSING 1 shot(s)" in report.format() and report.warnings == []
+
+
+def test_export_warns_about_other_run_folders_bench_run_would_score_too(converted, tmp_path, capsys):
+    """bench_run.py without --timestamp scores every folder discover_timestamps lists, each separately; and
+    with <method>/<language> present, load_outputs reads only that language-first layout."""
+    runs = tmp_path / "runs"
+    render(runs, converted, "08", {"1": (1, 1, 1), "2": (2, 2, 2)})
+    outputs = tmp_path / "outputs"
+    assert export_stories([runs], outputs, "sm", timestamp=TS).warnings == []
+    again = export_stories([runs], outputs, "sm", timestamp=TS)  # the same run again: nothing to warn about
+    assert again.warnings == [] and again.exported == {"08": [1, 2]}
+    later = export_stories([runs], outputs, "sm", timestamp="20250102_090000")
+    assert len(later.warnings) == 1 and TS in later.warnings[0] and "--timestamp 20250102_090000" in later.warnings[0]
+    (outputs / "sm" / "en" / "base" / "old").mkdir(parents=True)  # language-first, any name
+    args = ["export", str(runs), "--to", str(outputs), "--method", "sm", "--timestamp", "20250103_090000"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("WARNING: ") == 2 and "20250102_090000, old" in out and "language-first" in out
+    (outputs / "sm" / "en").rename(tmp_path / "language-first")  # moved away, as the warning says
+    for ts in (TS, "20250102_090000", "20250103_090000"):  # each export is a complete run by their rules
+        assert sorted(vistorybench_layout(outputs, "sm", "base", "en", ts)["08"]) == [1, 2]
 
 
 def test_cli_exit_status_damaged_files_and_links(converted, tmp_path, capsys):

@@ -4,7 +4,8 @@ Story 01 holds every case the converter must handle: two real people (the shippe
 references, one key with spaces), an anime-style drawing, an animal photo, shots with 0/1/2/3/4
 characters, a shot with Chinese text only, a character named in a shot but missing from ``Characters``,
 parentheses in the text, and a story.json that starts with a BOM. Stories 02 (not in the lite split)
-and 08 (lite) are minimal.
+and 08 (lite) are minimal. ``write_strict_story`` adds a story where ViStoryBench's loader is stricter than
+a lenient reader (a name that is a key only ignoring case and spaces, a field in Chinese only, an empty text).
 """
 
 from __future__ import annotations
@@ -140,3 +141,18 @@ def build_short_story(root: Path, human_photo: Path) -> Path:
     _save(Image.open(human_photo).convert("RGB"), base / "01" / "image" / "Ava Stone" / "00.png")
     _save(_animal_photo(2), base / "01" / "image" / "Big Brown Rabbit" / "00.jpg")
     return base
+
+
+def write_strict_story(root: Path) -> Path:
+    """Story ``root/03`` where ViStoryBench's loader is stricter than a lenient reader: shot 1 lists
+    " ava stone" (not a Characters key: "Ava Stone") and Ben; shot 2's Setting Description is Chinese only;
+    shot 3's English Static Shot Description is empty. Both characters are drawings. Returns the story folder."""
+    story = root / "03"
+    characters = {k: {**CHARACTERS_01["Miko"], "name_en": k, "name_ch": CHARACTERS_01[k]["name_ch"]}
+                  for k in ("Ava Stone", "Ben")}
+    shots = [_shot(1, [" ava stone", "Ben"], "they talk"), _shot(2, ["Ben"], "he waits"), _shot(3, ["Ben"], "")]
+    shots[1]["Setting Description"] = {"ch": "雨中的车站"}
+    _write_story(story, {"Characters": characters, "Shots": shots}, bom=False)
+    for i, key in enumerate(characters):
+        _save(_drawing(10 + i), story / "image" / key / "00.png")
+    return story

@@ -5,7 +5,7 @@ the walk-through is ``docs/vistorybench.md``. Pure Python: no ComfyUI import, no
 """
 
 from .dataset import (DatasetError, VistoryCharacter, VistoryShot, VistoryStory, load_dataset, load_story)
-from .outputs import output_shot_path, output_story_dir, read_output_shots
+from .outputs import OutputRun, output_shot_path, output_story_dir, read_output_run, read_output_shots
 
-__all__ = ["DatasetError", "VistoryCharacter", "VistoryShot", "VistoryStory", "load_dataset", "load_story",
-           "output_shot_path", "output_story_dir", "read_output_shots"]
+__all__ = ["DatasetError", "OutputRun", "VistoryCharacter", "VistoryShot", "VistoryStory", "load_dataset", "load_story",
+           "output_shot_path", "output_story_dir", "read_output_run", "read_output_shots"]

@@ -53,13 +53,21 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--steps", type=int, help="sampler steps (default: the template's)")
     c.add_argument("--cfg", type=float, help="guidance scale (default: the template's)")
     c.add_argument("--base-seed", type=int, default=0, help="story base_seed (scene seeds derive from it and the shot)")
+    c.add_argument("--lenient-names", action="store_true",
+                   help="match a shot's names to Characters keys also ignoring spaces and case, and by name_en/"
+                        "name_ch (ViStoryBench matches keys exactly; every difference is reported)")
+    c.add_argument("--language-fallback", action="store_true",
+                   help="a field without text in --language takes the other language's text (ViStoryBench gives "
+                        "the placeholder '(<language> data missing) ...'; every difference is reported)")
     e = sub.add_parser("export", help="copy rendered scenes into ViStoryBench's output layout")
     e.add_argument("runs", nargs="+", help="story run folders (story/<name>/), or a folder holding them")
     e.add_argument("--to", required=True, help="ViStoryBench's outputs folder (its --outputs_path)")
     e.add_argument("--method", required=True, help="the method name bench_run.py is given (--method)")
     e.add_argument("--mode", default="base")
     e.add_argument("--language", choices=LANGUAGES, default="en")
-    e.add_argument("--timestamp", help="run folder name YYYYMMDD_HHMMSS (default: now, UTC)")
+    e.add_argument("--timestamp", help="run folder name YYYYMMDD_HHMMSS (default: now, UTC); give the same one "
+                                       "again to add shots to an export (a warning lists other run folders, which "
+                                       "bench_run.py without --timestamp scores too)")
     e.add_argument("--link", action="store_true", help="hard-link instead of copying (same file system)")
     return p
 
@@ -71,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "convert":
             options = ConvertOptions(language=args.language, split=args.split, stories=args.stories,
                                      templates=dict(args.template), width=args.size[0], height=args.size[1],
-                                     steps=args.steps, cfg=args.cfg, base_seed=args.base_seed)
+                                     steps=args.steps, cfg=args.cfg, base_seed=args.base_seed,
+                                     lenient_names=args.lenient_names, language_fallback=args.language_fallback)
             summary = convert_dataset(args.dataset, args.out, options)
             print(summary.format())
             print(f"story files in {Path(args.out)}/<NN>/story.yaml; summary in {Path(args.out) / 'summary.json'}")

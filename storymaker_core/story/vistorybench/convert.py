@@ -1,7 +1,7 @@
 """ViStoryBench dataset -> one story file per story (``OUT/<NN>/story.yaml``) the story runner renders.
 
-Per story: the cast is ``Characters`` (first reference image, copied to ``OUT/<NN>/refs/``; identity
-mode from ``tag``), and every shot becomes a scene whose id is the shot index. A shot with 1-3 on-stage
+Per story: the cast is ``Characters`` (every reference image, in ``OUT/<NN>/refs/``: one copied as it is,
+several as one multi-page image that LoadImage reads as a batch; identity mode from ``tag``), and every shot becomes a scene whose id is the shot index. A shot with 1-3 on-stage
 characters uses the 1/2/3-character template with the characters in listed order (slot 1 = left region);
 no character -> the plain SDXL template; more than 3 -> the first three (warned, counted). Region masks
 (left/right halves, left/middle/right thirds) are written to ``OUT/masks/`` and bound to the image nodes
@@ -31,7 +31,7 @@ from .templates import DEFAULT_TEMPLATES, TemplateInfo, copy_template, default_t
 logger = logging.getLogger(__name__)
 
 __all__ = ["ConvertOptions", "ConvertSummary", "MAX_CHARACTERS", "SIDECAR", "convert_dataset", "identity_for_tag",
-           "story_name"]
+           "reference_batch", "story_name"]
 
 MAX_CHARACTERS = 3  # StoryMaker's character slots
 SIDECAR = "vistorybench.json"  # beside each story.yaml: story id, language, shot indices (read by export)
@@ -59,6 +59,8 @@ class ConvertOptions:
     steps: int | None = None
     cfg: float | None = None
     base_seed: int = 0
+    lenient_names: bool = False  # match shot names to Characters keys ignoring spaces/case/name (not as ViStoryBench)
+    language_fallback: bool = False  # other language's text instead of ViStoryBench's "(<lang> data missing)" placeholder
 
 
 @dataclass
@@ -69,17 +71,22 @@ class ConvertSummary:
     truncated: list[str] = field(default_factory=list)  # "01/7: 4 characters, rendered A, B, C"
     no_character: int = 0
     templates: Counter = field(default_factory=Counter)  # template file -> shots
+    references: Counter = field(default_factory=Counter)  # reference images per character -> characters
     problems: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"stories": self.stories, "shots": self.shots,
                 "characters": [{"tag": t, "identity": m, "count": n} for (t, m), n in sorted(self.characters.items())],
                 "shots_truncated_to_3": self.truncated, "shots_with_no_character": self.no_character,
-                "templates": dict(self.templates), "problems": self.problems}
+                "templates": dict(self.templates),
+                "references_per_character": {str(k): v for k, v in sorted(self.references.items())},
+                "problems": self.problems}
 
     def format(self) -> str:
         lines = [f"stories: {self.stories}", f"shots: {self.shots}", "characters by tag and identity mode:"]
         lines += [f"  {tag or '(no tag)'} -> {mode}: {n}" for (tag, mode), n in sorted(self.characters.items())]
+        lines += ["reference images per character (all used, one image batch each): "
+                  + ", ".join(f"{k}: {v}" for k, v in sorted(self.references.items()))]
         lines += [f"shots with more than {MAX_CHARACTERS} characters (first {MAX_CHARACTERS} rendered): {len(self.truncated)}"]
         lines += [f"  {t}" for t in self.truncated]
         lines += [f"shots with no character (plain SDXL): {self.no_character}",
@@ -97,7 +104,8 @@ def convert_dataset(dataset: str | Path, out: str | Path, options: ConvertOption
     ``out/summary.json``. Raises ``DatasetError`` / ``TemplateError`` before writing anything."""
     options = options or ConvertOptions()
     out = Path(out)
-    stories = load_dataset(dataset, options.split, options.stories, options.language)
+    stories = load_dataset(dataset, options.split, options.stories, options.language,
+                           lenient_names=options.lenient_names, language_fallback=options.language_fallback)
     templates = _templates(options)
     copied = {count: copy_template(info, out / "templates") for count, info in templates.items()}
     masks = write_region_masks(out / "masks", options.width, options.height)
@@ -110,7 +118,11 @@ def convert_dataset(dataset: str | Path, out: str | Path, options: ConvertOption
 
 
 def _cast(story: VistoryStory, story_dir: Path, needs_mask: bool, summary: ConvertSummary):
-    """Cast list for story.yaml and key -> cast name, for characters with a reference image."""
+    """Cast list for story.yaml and key -> cast name, for characters with a reference image.
+
+    Every reference image is used: one reference is copied as it is; several become one multi-page TIFF
+    (:func:`reference_batch`) that ComfyUI's LoadImage reads as an image batch, which the Character from Image
+    node takes as several references of one character."""
     refs = story_dir / "refs"
     cast, names, taken, stems = [], {}, set(), set()
     for key, char in story.characters.items():
@@ -118,31 +130,60 @@ def _cast(story: VistoryStory, story_dir: Path, needs_mask: bool, summary: Conve
         summary.characters[(char.tag, mode)] += 1
         if not char.images:  # reported by the dataset reader; still described in the prompts
             continue
+        summary.references[len(char.images)] += 1
         name = key.strip() if not key.strip().isdigit() else f"character {key.strip()}"
         while name.casefold() in taken:
             name += " #2"
         taken.add(name.casefold())
-        source = char.images[0]
         stem = base = slug_or_hash(key, "character")
         while stem in stems:  # "Ben" and "BEN" share a slug: keep both files
             stem = f"{base}-{len(stems)}"
         stems.add(stem)
-        image = refs / f"{stem}{source.suffix.lower()}"
         refs.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, image)
+        if len(char.images) == 1:
+            image = refs / f"{stem}{char.images[0].suffix.lower()}"
+            shutil.copyfile(char.images[0], image)
+        else:
+            image = reference_batch(char.images, refs / f"{stem}.tif")
         member = {"name": name, "image": f"refs/{image.name}", "identity": mode}
         if needs_mask:  # a template with mask nodes, and no masks in ViStoryBench: the whole reference
-            member["mask"] = f"refs/{_whole_mask(source, refs / f'{stem}-mask.png').name}"
+            member["mask"] = f"refs/{_whole_mask(image, refs / f'{stem}-mask.png').name}"
         cast.append(member)
         names[key] = name
     return cast, names
 
 
-def _whole_mask(image: Path, target: Path) -> Path:
-    from PIL import Image
+def reference_batch(sources: list[Path] | tuple[Path, ...], target: Path, fill=(255, 255, 255)) -> Path:
+    """Write every reference of one character as the pages of one TIFF (lossless), each page upright (EXIF
+    applied, as LoadImage does) and letterboxed onto one canvas (the largest width x the largest height;
+    scaled by one factor to fit, centred, white around): LoadImage turns a multi-page image into an IMAGE
+    batch but drops pages of another size than the first, and a batch needs one size. Scaling by one
+    factor keeps faces undistorted; the white border is what the character crop lies on anyway."""
+    from PIL import Image, ImageOps
 
-    with Image.open(image) as im:
-        Image.new("RGB", im.size, (255, 255, 255)).save(target)
+    frames = []
+    for source in sources:
+        with Image.open(source) as im:
+            frames.append(ImageOps.exif_transpose(im).convert("RGB"))
+    width, height = max(f.width for f in frames), max(f.height for f in frames)
+    pages = []
+    for frame in frames:
+        scale = min(width / frame.width, height / frame.height)
+        size = (max(1, round(frame.width * scale)), max(1, round(frame.height * scale)))
+        if size != frame.size:
+            frame = frame.resize(size, Image.LANCZOS)
+        page = Image.new("RGB", (width, height), fill)
+        page.paste(frame, ((width - size[0]) // 2, (height - size[1]) // 2))
+        pages.append(page)
+    pages[0].save(target, save_all=True, append_images=pages[1:], compression="tiff_deflate")
+    return target
+
+
+def _whole_mask(image: Path, target: Path) -> Path:
+    from PIL import Image, ImageOps
+
+    with Image.open(image) as im:  # upright, as LoadImage reads it; a batch: its first page, every page's size
+        Image.new("RGB", ImageOps.exif_transpose(im).size, (255, 255, 255)).save(target)
     return target
 
 
@@ -210,5 +251,7 @@ def _convert_story(story: VistoryStory, story_dir: Path, templates: dict[int, Te
                                           encoding="utf-8")
     sidecar = {"story_id": story.story_id, "language": options.language, "name": doc["name"],
                "dataset": str(story.path), "shots": [s["id"] for s in scenes],
-               "cast": {name: key for key, name in names.items()}}
+               "cast": {name: key for key, name in names.items()},
+               "references": {name: [str(p) for p in story.characters[key].images] for key, name in names.items()},
+               "lenient_names": options.lenient_names, "language_fallback": options.language_fallback}
     (story_dir / SIDECAR).write_text(json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

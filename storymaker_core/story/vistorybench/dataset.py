@@ -6,11 +6,18 @@ and ViStoryBench's scorer agree on which shots exist and which characters are on
 
 - ``story.json`` is UTF-8 and may start with a BOM (read as ``utf-8-sig``).
 - A shot lacking one of the five shot fields is skipped (their loader skips it, so it is never scored).
-- A shot's on-stage characters are the ``"Characters Appearing"["en"]`` names, which are the keys of
-  ``Characters`` (and the folder names under ``image/``); names not in ``Characters`` are left out with a
-  warning, as their prompt merger does.
-- A field missing in the chosen language falls back to the other language, with a warning.
-- Reference images: every ``.png/.jpg/.jpeg`` under ``image/<key>/`` (recursively), sorted by path.
+- A shot's on-stage characters are the ``"Characters Appearing"["en"]`` names that are keys of
+  ``Characters`` *exactly* (their prompt merger checks ``key in characters``; their CIDS indexes
+  ``Characters[key]``); other names are left out with a warning that says what a lenient match would have
+  found. ``lenient_names=True`` (``convert --lenient-names``) also matches ignoring surrounding spaces and
+  case, by ``name_en``/``name_ch``, and a shot that lists names in the other language only.
+- A field without text in the chosen language (no such key) gets their loader's placeholder,
+  ``(<language> data missing) <the field as Python prints it>``, which is the text every other method was
+  given; a shot where *no* field has the language gets no characters (their loader gives it no
+  ``character_key``: their prompt merger and CIDS stop on it). ``language_fallback=True`` takes the other
+  language's text instead (and for empty texts), each reported as a difference from ViStoryBench.
+- Reference images: every ``.png/.jpg/.jpeg`` under ``image/<key>/`` in ``os.walk`` order (a folder's files,
+  sorted, before its sub-folders), as ``load_characters`` lists them.
 - The *lite* split is the fixed list of 20 story ids in their loader (``LITE_STORY_IDS``).
 
 Problems that do not stop a story from being used are collected as ``warnings`` (and logged), so the
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -138,8 +146,10 @@ def list_story_ids(root: str | Path, split: str = "full") -> list[str]:
 
 
 def load_dataset(root: str | Path, split: str = "full", stories: Iterable[str] | None = None,
-                 language: str = "en") -> list[VistoryStory]:
-    """Load the stories of a split, or only ``stories`` (ids like "01" or "1"), in story-id order.
+                 language: str = "en", *, lenient_names: bool = False,
+                 language_fallback: bool = False) -> list[VistoryStory]:
+    """Load the stories of a split, or only ``stories`` (ids like "01" or "1"), in story-id order
+    (``lenient_names``, ``language_fallback``: see :func:`load_story`).
 
     Raises ``DatasetError`` for a bad root, split or language, or a requested story that is not there.
     """
@@ -159,7 +169,8 @@ def load_dataset(root: str | Path, split: str = "full", stories: Iterable[str] |
             if by_number[int(raw)] not in chosen:
                 chosen.append(by_number[int(raw)])
         ids = sorted(chosen, key=int)
-    return [load_story(base / i, language) for i in ids]
+    return [load_story(base / i, language, lenient_names=lenient_names, language_fallback=language_fallback)
+            for i in ids]
 
 
 def _read_json(path: Path) -> Any:
@@ -174,9 +185,17 @@ def _read_json(path: Path) -> Any:
 
 
 def _images(folder: Path) -> tuple[Path, ...]:
+    """Reference images in ``StoryDataset.load_characters``'s order: ``os.walk`` top-down, each folder's files
+    sorted by name before its sub-folders (sorted here; theirs come in file-system order). The first one is
+    the image their prompt merger gives other methods (``image_paths``)."""
     if not folder.is_dir():
         return ()
-    return tuple(sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found += [Path(root) / f for f in sorted(files)
+                  if f.lower().endswith(IMAGE_SUFFIXES) and (Path(root) / f).is_file()]
+    return tuple(found)
 
 
 def _int(value: Any, default: int | None) -> int | None:
@@ -186,8 +205,17 @@ def _int(value: Any, default: int | None) -> int | None:
         return default
 
 
-def load_story(story_dir: str | Path, language: str = "en") -> VistoryStory:
-    """Read one story folder (``story.json`` + ``image/``). Raises ``DatasetError`` if it cannot be read."""
+def load_story(story_dir: str | Path, language: str = "en", *, lenient_names: bool = False,
+               language_fallback: bool = False) -> VistoryStory:
+    """Read one story folder (``story.json`` + ``image/``). Raises ``DatasetError`` if it cannot be read.
+
+    By default as strictly as ViStoryBench's loader: a shot's characters are the names of its
+    ``"Characters Appearing"["en"]`` that are keys of ``Characters`` exactly, and a field without text in
+    ``language`` gets their placeholder ``(<language> data missing) <field>``. ``lenient_names``: also match
+    names ignoring surrounding spaces and case, by ``name_en``/``name_ch``, and a shot listing only other-
+    language names; ``language_fallback``: take the other language's text instead of the placeholder (and an
+    empty text's). Every place the result differs from what ViStoryBench's loader reads is a warning.
+    """
     _check_language(language)
     story_dir = Path(story_dir)
     doc = _read_json(story_dir / "story.json")
@@ -196,7 +224,7 @@ def load_story(story_dir: str | Path, language: str = "en") -> VistoryStory:
     warnings: list[str] = []
     where = f"story {story_dir.name}"
     characters = _characters(doc.get("Characters") or {}, story_dir, where, warnings)
-    shots = _shots(doc.get("Shots") or [], characters, language, where, warnings)
+    shots = _shots(doc.get("Shots") or [], characters, language, where, warnings, lenient_names, language_fallback)
     story_type = doc.get("Story_type") or {}
     story_type = _pick(story_type.get("en"), story_type.get("ch"), language) if isinstance(story_type, dict) else str(story_type)
     for message in warnings:
@@ -242,12 +270,23 @@ def _resolve(name: Any, lookup: dict[str, str]) -> str | None:
     return None
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else str(value)
+
+
+def _placeholder(raw: Any, language: str) -> str:
+    """ViStoryBench's text for a field without ``language`` (``StoryDataset.load_shots``): the marker and
+    Python's ``str()`` of the whole field, e.g. ``(en data missing) {'ch': '雨中的森林'}``."""
+    return f"({language} data missing) " + str(raw)
+
+
 def _shots(raw: Any, characters: dict[str, VistoryCharacter], language: str, where: str,
-           warnings: list[str]) -> list[VistoryShot]:
+           warnings: list[str], lenient_names: bool = False, language_fallback: bool = False) -> list[VistoryShot]:
     if not isinstance(raw, list):
         warnings.append(f"{where}: Shots is not a list; no shots read")
         return []
     lookup = _character_lookup(characters)
+    other = "ch" if language == "en" else "en"
     shots: list[VistoryShot] = []
     seen: set[int] = set()
     for position, shot in enumerate(raw):
@@ -267,30 +306,72 @@ def _shots(raw: Any, characters: dict[str, VistoryCharacter], language: str, whe
             warnings.append(f"{label}: index {index} is used by an earlier shot; skipped (outputs are named by index)")
             continue
         seen.add(index)
+        not_objects = [f for f in SHOT_FIELDS if not isinstance(shot[f], dict)]
+        if not_objects:
+            warnings.append(f"{label}: {', '.join(not_objects)} not an object of en/ch texts; read as the same text "
+                            "in both languages (ViStoryBench's loader may stop on it: it indexes the field by language)")
         fields = {f: (shot[f] if isinstance(shot[f], dict) else {"en": shot[f], "ch": shot[f]}) for f in SHOT_FIELDS}
+        # their loader: a field *with* the language key gives its value as it is (even ""); a field without it
+        # gives every method the placeholder "(<language> data missing) <the field>"
+        has_language = any(language in fields[f] for f in SHOT_FIELDS)
         fallbacks = []
         text: dict[str, str] = {}
         for original, short in SHOT_FIELDS.items():
             value = fields[original].get(language)
-            if not _present(value):
-                other = fields[original].get("ch" if language == "en" else "en")
-                if _present(other):
-                    fallbacks.append(original)
-                    warnings.append(f"{label}: '{original}' has no {language} text; using the "
-                                    f"{'ch' if language == 'en' else 'en'} text")
-                value = other if _present(other) else ""
+            if language in fields[original] and (not language_fallback or _present(value)):
+                if short != "character_name":
+                    text[short] = _text(value) if value is not None else ""
+                continue
+            fallbacks.append(original)
+            if not language_fallback:
+                if short != "character_name":
+                    text[short] = _placeholder(shot[original], language)
+                continue
+            alternative = fields[original].get(other)
             if short != "character_name":
-                text[short] = str(value)
-        names = _names(fields["Characters Appearing"].get(language)) or _names(
-            fields["Characters Appearing"].get("ch" if language == "en" else "en"))
-        # the English list holds the Characters keys; without it, map the listed names (either language)
-        listed = _names(fields["Characters Appearing"].get("en")) or names
+                text[short] = _text(alternative) if _present(alternative) else ""
+            if language not in fields[original]:
+                warnings.append(f"{label}: '{original}' has no {language} text; using the {other} text "
+                                f"(differs from ViStoryBench, whose loader gives every method "
+                                f"'{_placeholder(shot[original], language)[:60]}...')")
+            elif _present(alternative):
+                warnings.append(f"{label}: '{original}' has an empty {language} text; using the {other} text "
+                                "(differs from ViStoryBench, which takes the empty text)")
+        if fallbacks and not language_fallback:
+            warnings.append(f"{label}: {', '.join(fallbacks)} without {language} text; given ViStoryBench's "
+                            f"placeholder '({language} data missing) ...' as its loader gives every method "
+                            "(--language-fallback: the other language's text instead)")
+        names = _names(fields["Characters Appearing"].get(language))
+        if language_fallback and not names:
+            names = _names(fields["Characters Appearing"].get(other))
+        if lenient_names:
+            # the English list holds the Characters keys; without it, map the listed names (either language)
+            listed = _names(fields["Characters Appearing"].get("en")) or names
+        elif not has_language:
+            listed = []
+            warnings.append(f"{label}: no field has {language} text, so ViStoryBench's loader gives the shot no "
+                            f"character_key: its prompt merger and CIDS stop with a KeyError on this story; "
+                            "rendered without characters (--lenient-names: match the names it lists)")
+        elif "en" not in fields["Characters Appearing"]:
+            listed = []
+            warnings.append(f"{label}: 'Characters Appearing' has no en list (the Characters keys): ViStoryBench's "
+                            "loader stops with a KeyError on this story; rendered without characters "
+                            "(--lenient-names: match the names it lists)")
+        else:
+            listed = _names(fields["Characters Appearing"]["en"])
         keys, unknown = [], []
         for name in listed:
-            key = _resolve(name, lookup)
+            key = _resolve(name, lookup) if lenient_names else (str(name) if str(name) in characters else None)
             if key is None:
                 unknown.append(str(name))
-                warnings.append(f"{label}: character '{name}' is not in Characters; left out")
+                near = None if lenient_names else _resolve(name, lookup)
+                if near is not None:
+                    warnings.append(f"{label}: character '{name}' is not a key of Characters (ViStoryBench matches "
+                                    f"keys exactly: its prompt merger leaves the name out and CIDS stops with a "
+                                    f"KeyError on this story); left out (--lenient-names would take it for "
+                                    f"'{near}')")
+                else:
+                    warnings.append(f"{label}: character '{name}' is not in Characters; left out")
             elif key in keys:
                 warnings.append(f"{label}: character '{name}' is listed twice; kept once")
             else:

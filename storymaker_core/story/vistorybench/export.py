@@ -6,6 +6,10 @@ Only scenes the manifest records as done, whose file is there with the recorded 
 every other expected shot is listed as missing with the reason. Nothing is filled in: ViStoryBench skips
 a shot without an image, which would score a method on fewer shots than its rivals, so the caller gets a
 failing exit status until every shot is there.
+
+``bench_run.py`` without ``--timestamp`` scores every run folder it finds beside this one, each separately
+(``discover_timestamps``), and reads only the language-first layout when ``<method>/<language>`` exists
+(``load_outputs``); :func:`other_runs` turns both into warnings on the report.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from .outputs import check_timestamp, new_timestamp, output_shot_path
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ExportError", "ExportReport", "export_stories", "find_runs"]
+__all__ = ["ExportError", "ExportReport", "export_stories", "find_runs", "other_runs"]
 _NAME = re.compile(r"^vistorybench-(en|ch)-(\d+)$")
 
 
@@ -39,10 +43,12 @@ class ExportReport:
     timestamp: str
     exported: dict[str, list[int]] = field(default_factory=dict)  # story id -> shot indices written
     missing: list[str] = field(default_factory=list)  # "01/3: failed: <error>"
+    warnings: list[str] = field(default_factory=list)  # other run folders bench_run.py would also score
 
     def format(self) -> str:
         count = sum(len(v) for v in self.exported.values())
         lines = [f"exported {count} shot image(s) of {len(self.exported)} story(ies) to {self.outputs}"]
+        lines += [f"WARNING: {w}" for w in self.warnings]
         if self.missing:
             lines += [f"MISSING {len(self.missing)} shot(s) (not filled in; render them and export again):"]
             lines += [f"  {m}" for m in self.missing]
@@ -112,6 +118,9 @@ def export_stories(runs: list[str | Path], outputs: str | Path, method: str, mod
     """
     timestamp = check_timestamp(timestamp) if timestamp else new_timestamp()
     report = ExportReport(output_shot_path(outputs, method, mode, language, timestamp, "00", 0).parents[2], timestamp)
+    report.warnings = other_runs(outputs, method, mode, language, timestamp)
+    for warning in report.warnings:
+        logger.warning(warning)
     seen: dict[str, Path] = {}
     for run in find_runs(list(runs)):
         try:
@@ -141,6 +150,33 @@ def export_stories(runs: list[str | Path], outputs: str | Path, method: str, mod
                                             source.suffix.lower()), link)
             written.append(int(scene_id))
     return report
+
+
+def _subdirs(path: Path) -> list[str]:
+    """bench_run.list_subdirs: the folders in ``path`` whose names do not start with '.', sorted."""
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")) if path.is_dir() else []
+
+
+def other_runs(outputs: str | Path, method: str, mode: str, language: str, timestamp: str) -> list[str]:
+    """What else ``bench_run.py --method M --mode X --language L`` would read beside ``timestamp``.
+
+    Without ``--timestamp`` it scores every folder ``discover_timestamps`` lists (any sub-folder of
+    ``<M>/<L>/<X>`` and ``<M>/<X>/<L>``, timestamp-like or not), each as a separate run with its own result
+    folder; and when ``<M>/<L>`` exists, ``load_outputs`` reads the language-first layout
+    ``<M>/<L>/<X>/<timestamp>`` only, so this export (mode first) would not be read at all.
+    """
+    root = Path(outputs) / method
+    found = sorted((set(_subdirs(root / mode / language)) | set(_subdirs(root / language / mode))) - {timestamp})
+    warnings = []
+    if found:
+        warnings.append(f"{root / mode / language} already holds other run folder(s): {', '.join(found)}. "
+                        f"bench_run.py without --timestamp scores every one of them, each separately "
+                        f"(discover_timestamps); run it with --timestamp {timestamp} to score this export")
+    if (root / language).is_dir():
+        warnings.append(f"{root / language} exists: ViStoryBench's load_outputs then reads only the "
+                        f"language-first layout {method}/{language}/<mode>/<timestamp>, not this export "
+                        f"({method}/{mode}/{language}/{timestamp}); move one of the two layouts away")
+    return warnings
 
 
 def _problem(run: Path, scene_id: str, record: dict) -> str | None:
