@@ -1,7 +1,12 @@
 """StoryMaker Consistency Scores: each panel of a story rendered in the editor against the cast's references.
 
-The node converts ComfyUI's types and calls `storymaker_core.evaluate.panels` (the rules of `evaluate story`,
+The node converts ComfyUI's types and calls `storymaker.evaluate.panels` (the rules of `evaluate story`,
 docs/evaluation.md); the returned story carries a flag on every panel below its threshold.
+
+The one node that imports the application package `storymaker` rather than only `storymaker_core`: the scores
+must be the project's existing evaluation code (the numbers `storymaker evaluate story` gives), not a copy. That
+code imports `storymaker_core` through `storymaker/_core.py`, so inside ComfyUI it uses the pack's own copy, the
+one these nodes' objects come from. tests/test_layering.py allows this import and no other.
 """
 
 from __future__ import annotations
@@ -9,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 from comfy_api.latest import io, ui
 
-from ..storymaker_core.evaluate.embedders import FaceEmbedder
-from ..storymaker_core.evaluate.panels import (APPEARANCE, DEFAULT_CLIP_THRESHOLD, DEFAULT_FACE_THRESHOLD, FACE,
-                                               cast_identities, identity_mode, on_stage_names, score_panels)
+# The documented exception to "nodes import only storymaker_core" (see the module docstring).
+from ..storymaker.evaluate.embedders import FaceEmbedder
+from ..storymaker.evaluate.panels import (APPEARANCE, DEFAULT_CLIP_THRESHOLD, DEFAULT_FACE_THRESHOLD, FACE,
+                                          cast_identities, identity_mode, on_stage_names, score_panels)
 from .common import checked_floats, images_to_numpy, numpy_to_images, progress_bar
 from .v3_types import STORY_CATEGORY, Cast, InsightFace, Story, finite
 

@@ -6,7 +6,7 @@ fix}, ...]}`` in the same order (``refused: true`` on a request it does not look
 /storymaker/inspect?folder=&name=&kind=`` answers one result (HTTP 400 when refused). Only headers are read
 (``storymaker_core.model_files``), in a worker thread.
 
-Read-only and confined to what the story runner's ``--check`` asks (``storymaker_core/story/model_check.py``):
+Read-only and confined to what the story runner's ``--check`` asks (``storymaker/story/model_check.py``):
 each ``kind`` is looked up only in its own model folders (``ALLOWED``), and only for a file with a model
 extension for that kind that ComfyUI itself lists there (``folder_paths.get_filename_list``; for
 ``insightface_pack`` a plain pack folder name, of which only the ``.onnx`` files are read). Every other folder

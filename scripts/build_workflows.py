@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from storymaker_core.workflow_format import api_to_ui  # noqa: E402
+from storymaker.workflow_format import api_to_ui  # noqa: E402
 
 # The files each workflow expects (README, "Models"): names are what users save the downloads as.
 CHECKPOINT = "sd_xl_base_1.0.safetensors"
@@ -308,7 +308,7 @@ ABOUT = {  # what each example shows, for the note at its top (the files it need
                             "node (`[ava, ben] walking in a park | seed=42`, `[NC]` = nobody) and queue. Edit a line "
                             "and queue again: only that scene is sampled again. Images: "
                             "`output/storymaker/<story_name>/`; grammar: the pack's `docs/story-script.md`.",
-    "story-template-one-character": "Template for the story runner (`python -m storymaker_core.story`): it fills the "
+    "story-template-one-character": "Template for the story runner (`python -m storymaker story`): it fills the "
                                     "nodes titled character:1, mask:1, positive, negative, latent, sampler, output.",
     "story-template-two-characters": "Template for the story runner with two characters and their regions: it fills "
                                      "character:1/2, mask:1/2, positive, negative, latent, sampler, output.",
@@ -331,7 +331,7 @@ TIPS = ("`ip_scale` is the likeness strength (0.8 as released; lower it for more
 
 def note_for(name: str, api: dict) -> str:
     """Markdown for the note at the top of a UI workflow: what it shows and every file it reads."""
-    from storymaker_core.story.validate import FILE_FOLDERS
+    from storymaker.story.validate import FILE_FOLDERS
 
     models, images = [], []
     for node in api.values():

@@ -1,4 +1,4 @@
-"""`python -m storymaker_core.convert mask.bin out.safetensors`: the release pickle -> safetensors.
+"""The release pickle -> safetensors (`python -m storymaker convert mask.bin out.safetensors` runs `convert`).
 
 A `.safetensors` file loads without unpickling, memory-maps, and in fp16 is half the download's size.
 The metadata records where it came from so a converted file can be traced back to its source.
@@ -6,10 +6,8 @@ The metadata records where it came from so a converted file can be traced back t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
-import sys
 
 import torch
 
@@ -51,26 +49,3 @@ def convert(source: str, target: str, dtype: str = "fp16", dim_head: int | None 
     save_file(flat, tmp, metadata=metadata)
     os.replace(tmp, target)  # never leave a half-written file under the final name
     return metadata
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m storymaker_core.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("source", help="StoryMaker weights: the released mask.bin (or a .safetensors)")
-    parser.add_argument("target", help="output .safetensors path")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16", help="tensor dtype to store (default fp16)")
-    parser.add_argument("--dim-head", type=int, default=None,
-                        help="perceiver head width (default: the source's metadata, else the release's 64)")
-    args = parser.parse_args(argv)
-    if not args.target.endswith(".safetensors"):
-        parser.error("target must end with .safetensors")
-    try:
-        metadata = convert(args.source, args.target, args.dtype, args.dim_head)
-    except StoryMakerWeightsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.target}: {metadata['summary']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

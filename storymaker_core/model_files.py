@@ -7,7 +7,8 @@ each file is judged from what is cheap to read: the first bytes, a ``.safetensor
 shapes and offsets, checked against the file size), a torch zip's ``data.pkl`` (read with
 ``torch.load(mmap=True, weights_only=True)``: tensor names and shapes, no tensor data and no code), and an
 ONNX file's top-level protobuf fields. StoryMaker files are checked key by key and shape by shape by
-``weights.py`` on shape-only tensors.
+``weights.py`` on shape-only tensors; the first-bytes test (``failed_download``) lives in ``download_check.py``,
+which ``weights.py`` uses too.
 
 ``inspect_file(path, kind)`` / ``inspect_insightface_pack(root, name)`` return a ``Verdict``; nothing raises.
 A verdict never quotes a file's raw bytes (nor an error text that could): only what a readable header says
@@ -24,6 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
 
+from .download_check import TABLE, FileProblem as _Bad, failed_download, human_size as _size
+
 #: What a loader input expects. ``*_checkpoint``/``clip_vision_vit_h`` also check the architecture.
 KINDS = ("checkpoint", "sdxl_checkpoint", "clip_vision", "clip_vision_vit_h", "storymaker", "sam", "controlnet",
          "lora", "vae", "model", "storymaker_character", "insightface_pack")
@@ -34,7 +37,6 @@ CLIP_VIT_H_WIDTH = 1280  # the CLIP hidden size StoryMaker's resampler reads
 PACK_REQUIRED = {"buffalo_l": ("det_10g.onnx", "w600k_r50.onnx"),
                  "antelopev2": ("scrfd_10g_bnkps.onnx", "glintr100.onnx")}
 SAFETENSORS = (".safetensors", ".sft")  # what ComfyUI's load_torch_file reads as safetensors
-TABLE = "the README's \"Models: which file goes where\""
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors refuses larger headers too
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
            "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
@@ -52,31 +54,6 @@ class Verdict:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-class _Bad(Exception):
-    def __init__(self, problem: str, fix: str = f"download it again ({TABLE} says from where)"):
-        super().__init__(problem)
-        self.problem, self.fix = problem, fix
-
-
-def _size(n: int) -> str:
-    return f"{n} bytes" if n < 10_000 else f"{n / 1e6:.1f} MB"
-
-
-def failed_download(head: bytes, size: int) -> _Bad | None:
-    """The usual failed downloads, told from the first bytes: empty, a Git LFS pointer, a web page."""
-    if size == 0:
-        return _Bad("is empty (0 bytes): a placeholder or a download that never started")
-    if head.startswith(b"version https://git-lfs"):
-        return _Bad(f"is a Git LFS pointer ({_size(size)}), not the file itself",
-                    "download the real file (Hugging Face's download button, or `git lfs pull` in a clone)")
-    low = head.lstrip()[:512].lower()
-    if low.startswith(b"<") and (b"<html" in low or b"<!doctype" in low):
-        return _Bad(f"is a web page ({_size(size)}; a login or error page saved in place of the file)",
-                    "download it again in a browser where you are logged in (or with a token), and accept "
-                    "the model's licence on its page first if it has one")
-    return None
 
 
 def read_safetensors_header(path: str | Path, size: int) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict]:

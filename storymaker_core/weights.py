@@ -24,6 +24,7 @@ from typing import Mapping, Optional, Sequence
 import torch
 from torch import Tensor
 
+from .download_check import failed_download
 from .layout import AttentionLayer
 from .resampler import ResamplerConfig, StoryMakerResampler
 
@@ -149,8 +150,6 @@ def _raise_on_mismatch(tensors: Mapping[str, Tensor], expected: Mapping[str, tup
 
 def _failed_download(path: str) -> None:
     """Name the usual failed downloads (an LFS pointer, a web page, other bytes) before any parser sees them."""
-    from .model_files import failed_download  # imported here: model_files judges StoryMaker files with this module
-
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(1024)
@@ -313,8 +312,8 @@ def describe(image_proj: Mapping[str, Tensor], ip_adapter: Mapping[str, Tensor],
     except ValueError as e:
         raise StoryMakerWeightsError(
             f"{source}: {e} (head width {dim_head}: {dim_head_from}). Export the file again with "
-            f"`storymaker-export` (it records the head width), or convert it with `storymaker-convert --dim-head N`, "
-            f"N the width it was trained with.") from e
+            f"`python -m storymaker export` (it records the head width), or convert it with `python -m storymaker "
+            f"convert --dim-head N`, N the width it was trained with.") from e
     if context_dim != config.cross_attention_dim:
         raise StoryMakerWeightsError(f"{source}: the resampler makes {config.cross_attention_dim}-wide tokens but "
                                      f"the attention layers read {context_dim}-wide ones; the two halves do not "

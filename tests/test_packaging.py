@@ -1,5 +1,6 @@
-"""`pip install .` gives the console scripts and never a top-level `nodes` or `training`; the Comfy Registry
-metadata is complete; pyproject's dependencies are requirements.txt's (ComfyUI-Manager installs from that)."""
+"""`pip install .` gives the one console script, `storymaker`, and never a top-level `nodes` or `training`; the
+Comfy Registry metadata is complete; pyproject's dependencies are requirements.txt's (ComfyUI-Manager installs from
+that)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("storymaker-story", "storymaker-convert", "storymaker-models", "storymaker-train", "storymaker-prepare", "storymaker-export")
-BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "requirements.txt", "storymaker_core", "training")
+SCRIPTS = {"storymaker": "storymaker.cli:main"}  # one command; its verbs: storymaker.cli.VERBS
+BUILD_INPUTS = ("pyproject.toml", "setup.py", "README.md", "requirements.txt", "storymaker_core", "storymaker", "training")
 
 
 def pyproject() -> dict:
@@ -39,7 +40,7 @@ def test_comfy_registry_metadata_is_complete():
     assert re.fullmatch(r"https://\S+\.(svg|png|jpg|gif)", comfy["Icon"])
     assert project["urls"]["Repository"].startswith("https://")
     assert re.fullmatch(r"\d+\.\d+\.\d+", project["version"])  # the registry takes semantic versions
-    assert set(project["scripts"]) == set(SCRIPTS)
+    assert project["scripts"] == SCRIPTS
 
 
 def _parent_site_packages() -> str:
@@ -49,7 +50,7 @@ def _parent_site_packages() -> str:
 
 
 @pytest.mark.slow  # builds a wheel and a virtual environment: ~30 s
-def test_pip_install_gives_the_console_scripts_and_no_generic_top_level_modules(tmp_path):
+def test_pip_install_gives_the_command_and_no_generic_top_level_modules(tmp_path):
     pytest.importorskip("setuptools", minversion="77")  # the build backend; no network, no `wheel` package
     source = tmp_path / "source"  # a copy, so the build leaves nothing in the repository
     for name in BUILD_INPUTS:
@@ -73,19 +74,23 @@ def test_pip_install_gives_the_console_scripts_and_no_generic_top_level_modules(
                                check=True, capture_output=True, text=True).stdout.strip())
     top_level = {p.name.removesuffix(".py") for p in site.iterdir() if not p.name.endswith((".dist-info", ".pth"))}
     installed = top_level - {"pip", "setuptools", "_distutils_hack", "pkg_resources", "__pycache__"}
-    assert installed == {"storymaker_core", "storymaker_training"}, installed
-    assert (site / "storymaker_core" / "evaluate" / "prompts_fastcomposer.json").is_file()  # package data
+    assert installed == {"storymaker_core", "storymaker", "storymaker_training"}, installed
+    assert (site / "storymaker" / "evaluate" / "prompts_fastcomposer.json").is_file()  # package data
     assert (site / "storymaker_training" / "configs" / "tiny-cpu.yaml").is_file()
 
     # the dependencies (torch, ...) come from the environment running the tests, after the venv's own packages
     (site / "test-dependencies.pth").write_text(_parent_site_packages() + "\n")
-    for script in SCRIPTS:
-        result = subprocess.run([str(bin_dir / script), "--help"], capture_output=True, text=True, cwd=tmp_path,
-                                timeout=300)
-        assert result.returncode == 0, f"{script}: {result.stderr[-2000:]}"
-        assert result.stdout.startswith("usage:"), (script, result.stdout[:200])
-    where = subprocess.run([str(python), "-c", "import storymaker_core, storymaker_training; "
-                                               "print(storymaker_core.__file__); print(storymaker_training.__file__)"],
+    from storymaker.cli import VERBS
+
+    for command in [[], *([verb] for verb in VERBS)]:  # the trainer's verbs run the installed storymaker_training
+        result = subprocess.run([str(bin_dir / "storymaker"), *command, "--help"], capture_output=True, text=True,
+                                cwd=tmp_path, timeout=300)
+        assert result.returncode == 0, f"storymaker {command}: {result.stderr[-2000:]}"
+        assert result.stdout.startswith("usage: storymaker"), (command, result.stdout[:200])
+        assert "example" in result.stdout, (command, result.stdout[-500:])
+    where = subprocess.run([str(python), "-c", "import storymaker_core, storymaker, storymaker_training; "
+                                               "print(storymaker_core.__file__); print(storymaker.__file__); "
+                                               "print(storymaker_training.__file__)"],
                            check=True, capture_output=True, text=True, cwd=tmp_path).stdout.split()
     assert all(Path(f).is_relative_to(site) for f in where), where  # the installed copy, not the repository
 

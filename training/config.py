@@ -54,7 +54,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    manifest: str = ""  # manifest.jsonl written by `python -m training.prepare`
+    manifest: str = ""  # manifest.jsonl written by `python -m storymaker prepare`
     resolution: int = 1024  # bucket area = resolution^2 (release 960x1280, paper 1024^2)
     buckets: Optional[list] = None  # explicit [[height, width], ...]; None = derived from resolution
     bucket_step: int = 64  # bucket sides are multiples of this (64 keeps SDXL's 1/32 layers integral)

@@ -61,7 +61,7 @@ def read_manifest(path: str) -> list:
     """Manifest JSONL -> records, each with paths made absolute (they are relative to the manifest)."""
     p = Path(path)
     if not p.is_file():
-        raise DatasetError(f"{path}: no manifest; build one with `python -m training.prepare`")
+        raise DatasetError(f"{path}: no manifest; build one with `python -m storymaker prepare`")
     root, records = p.parent, []
     for line_no, line in enumerate(p.read_text().splitlines(), 1):
         if not line.strip():

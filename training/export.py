@@ -8,7 +8,7 @@ the exact layout of the released `mask.bin` (plain tensors only, so `weights_onl
 no room for metadata, so it is written only for the release's head width (64).
 Both are checked by reading them back the way Load StoryMaker does, with no extra parameter.
 
-CLI: `storymaker-export --checkpoint RUN/checkpoints/step-001000 --output storymaker.safetensors` (or
+CLI: `python -m storymaker export --checkpoint RUN/checkpoints/step-001000 --output storymaker.safetensors` (or
 `python -m training.export ...`) turns an accelerate checkpoint (its `model.safetensors` holds
 `resampler.*` and `adapter_modules.*`) into a release-layout file without loading any base model.
 """
@@ -155,8 +155,12 @@ def checkpoint_dim_head(checkpoint: str) -> int:
     return int(recorded)
 
 
-def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.split("\n\n")[0])
+def main(argv: Optional[list] = None, prog: str = "python -m training.export") -> int:
+    """``python -m storymaker export`` (``prog``: that name), or ``python -m training.export``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"example:\n  {prog} --checkpoint runs/storymaker-sdxl-8gpu/checkpoints/step-001000 "
+               f"--output ComfyUI/models/storymaker/mine.safetensors")
     parser.add_argument("--checkpoint", required=True, help="checkpoint folder (RUN/checkpoints/step-NNNNNN)")
     parser.add_argument("--output", required=True, help="target .safetensors (or .bin for the release's head width)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp16")

@@ -309,8 +309,12 @@ def _openpose(path: Optional[str]):
     return OpenposeDetector.from_pretrained(path or "lllyasviel/Annotators")
 
 
-def main(argv: Optional[list] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
+def main(argv: Optional[list] = None, prog: str = "python -m training.prepare") -> int:
+    """``python -m storymaker prepare`` (``prog``: that name), or ``python -m training.prepare``."""
+    p = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"example:\n  {prog} photos/ runs/my-data --sam ComfyUI/models/sams/sam_vit_b_01ec64.pth "
+               f"--insightface-root ComfyUI/models/insightface")
     p.add_argument("images", help="folder of images (searched recursively)")
     p.add_argument("output", help="dataset folder (manifest.jsonl, rejected.jsonl, masks/, faces/, poses/)")
     p.add_argument("--masks", help="folder of masks named like the images")

@@ -300,8 +300,13 @@ class Trainer:
         return summary
 
 
-def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n\n")[0])
+def main(argv: Optional[list] = None, prog: str = "python -m training.train") -> int:
+    """``python -m storymaker train`` (``prog``: that name), or ``python -m training.train``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"examples:\n  {prog} --config training/configs/tiny-cpu.yaml --set train.max_steps=10\n"
+               f"  accelerate launch --config_file training/configs/accelerate-8gpu.yaml -m storymaker train "
+               f"--config training/configs/sdxl-8gpu.yaml")
     parser.add_argument("--config", required=True, help="YAML file (see training/configs/)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (YAML syntax), e.g. --set train.max_steps=10")

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from storymaker_core.characters import APPEARANCE, Character, character_from_reference
-from storymaker_core.evaluate.embedders import FaceEmbedder
-from storymaker_core.evaluate.panels import cast_identities, on_stage_names, score_panels
+from storymaker.evaluate.embedders import FaceEmbedder
+from storymaker.evaluate.panels import cast_identities, on_stage_names, score_panels
 from storymaker_core.story_render import RenderedPanel, StoryRender
 from tests.fixtures.tiny_insightface import blank_image, face_at, face_pattern, paint_face, write_tiny_insightface
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from storymaker_core.story.schema import default_seed
+from storymaker.story.schema import default_seed
 from support.comfyui import REPO
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
@@ -62,7 +62,7 @@ def server(tmp_path_factory):
 
 
 def test_story_renders_resumes_and_records_every_scene(server, tmp_path):
-    from storymaker_core.story.__main__ import main
+    from storymaker.story.cli import main
 
     (tmp_path / "template.api.json").write_text(json.dumps(template()))
     story = {

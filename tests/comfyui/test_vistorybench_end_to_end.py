@@ -3,7 +3,7 @@
 A three-shot story in ViStoryBench's layout (nobody; a person; the person and an animal in two regions)
 is converted, rendered by the story runner through a real ComfyUI with random-weight models of the real
 kinds (tests/support/random_comfy.py), exported to ViStoryBench's output layout and, when the evaluator
-is there, scored with ``python -m storymaker_core.evaluate story``. The numbers mean nothing (random
+is there, scored with ``python -m storymaker evaluate story``. The numbers mean nothing (random
 weights); the test checks that every step hands the next one what it needs. Needs COMFYUI_PATH and
 insightface/onnx; about 2 minutes on 2 idle CPU cores (8 when they are shared).
 """
@@ -76,9 +76,9 @@ def comfy(tmp_path_factory):
 
 
 def test_dataset_converts_renders_exports_and_scores(comfy, tmp_path):
-    from storymaker_core.story.__main__ import main as run_story
-    from storymaker_core.story.vistorybench.__main__ import main as vistorybench
-    from storymaker_core.story.vistorybench.outputs import read_output_shots
+    from storymaker.story.cli import main as run_story
+    from storymaker.story.vistorybench.cli import main as vistorybench
+    from storymaker.story.vistorybench.outputs import read_output_shots
     from support.vistorybench_data import build_short_story
 
     url, base = comfy
@@ -107,9 +107,9 @@ def test_dataset_converts_renders_exports_and_scores(comfy, tmp_path):
         assert Image.open(path).size == (SIZE, SIZE)
         assert path.read_bytes() == (run / manifest["scenes"][str(index)]["file"]).read_bytes()
 
-    evaluate = pytest.importorskip("storymaker_core.evaluate.__main__")
+    evaluate = pytest.importorskip("storymaker.evaluate.cli")
     if "story" not in evaluate.build_parser().format_help():
-        pytest.skip("storymaker_core.evaluate has no `story` subcommand here")
+        pytest.skip("storymaker.evaluate has no `story` subcommand here")
     pytest.importorskip("open_clip")
     config = tmp_path / "TinyCLIP-vistorybench-test.json"
     config.write_text(json.dumps({

@@ -19,7 +19,7 @@ import urllib.request
 import pytest
 
 from support.comfyui import REPO, comfyui_server
-from storymaker_core.workflow_format import ui_to_api
+from storymaker.workflow_format import ui_to_api
 
 pytestmark = pytest.mark.comfyui
 

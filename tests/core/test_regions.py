@@ -91,7 +91,7 @@ def test_region_masks_none_for_full():
 def test_vistorybench_module_gives_the_same_masks(tmp_path):
     from PIL import Image
 
-    from storymaker_core.story.vistorybench import regions as vistory
+    from storymaker.story.vistorybench import regions as vistory
 
     assert vistory.region_bands is region_bands
     assert "region_bands" in vistory.__all__

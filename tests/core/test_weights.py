@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from storymaker_core.convert import main as convert_main
+from storymaker.cli import main as storymaker
 from storymaker_core.layout import SDXL, UNetAttentionConfig, unet_attention_layers
 from storymaker_core.resampler import ResamplerConfig
 from storymaker_core.weights import (
@@ -15,6 +15,11 @@ from storymaker_core.weights import (
     load_storymaker_weights,
 )
 from support import random_storymaker_state, release_state, small_unet_config, tiny_resampler_config
+
+
+def convert_main(argv: list) -> int:
+    """`storymaker convert ...`: the command line around `storymaker_core.convert.convert`."""
+    return storymaker(["convert", *argv])
 
 
 @pytest.fixture(scope="module")

@@ -139,10 +139,10 @@ def story_fakes():
 
 # --------------------------------------------------------------------------- story folders
 def runner_manifest(folder: Path, name: str, cast: dict, scenes: list) -> Path:
-    """A story folder as ``python -m storymaker_core.story`` leaves it, written through the runner's own
+    """A story folder as ``python -m storymaker story`` leaves it, written through the runner's own
     Manifest class. scenes: ``(id, index, characters, status, rgb)``; a done scene's rgb is saved as its
     file (rgb None: the manifest names a file that is not there)."""
-    from storymaker_core.story.manifest import DONE, FAILED, Manifest
+    from storymaker.story.manifest import DONE, FAILED, Manifest
 
     m = Manifest.open(folder / "manifest.json", {"name": name, "file": str(folder.parent / f"{name}.yaml"),
                                                  "sha256": "0" * 64})

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from storymaker_core.evaluate import metrics as M
-from storymaker_core.evaluate.aggregate import ALL, summarise
-from storymaker_core.evaluate.scoring import CharacterScore, ImageScore
+from storymaker.evaluate import metrics as M
+from storymaker.evaluate.aggregate import ALL, summarise
+from storymaker.evaluate.scoring import CharacterScore, ImageScore
 
 
 def records(characters=("ann", "bob", "cy"), prompts=4, seeds=3):
@@ -48,7 +48,7 @@ def test_missing_faces_count_as_zero_and_negative_cosines_are_clamped_there():
 def test_images_are_read_upright_as_their_exif_says(tmp_path):
     from PIL import Image
 
-    from storymaker_core.evaluate.embedders import load_rgb
+    from storymaker.evaluate.embedders import load_rgb
 
     pixels = np.zeros((20, 30, 3), np.uint8)
     pixels[:, :10] = 255  # white on the left as stored

@@ -1,4 +1,4 @@
-"""`python -m storymaker_core.evaluate` on CPU with tiny insightface + tiny OpenCLIP models."""
+"""`python -m storymaker evaluate` on CPU with tiny insightface + tiny OpenCLIP models."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storymaker_core.evaluate.__main__ import main
-from storymaker_core.evaluate.manifest import load_manifest
-from storymaker_core.evaluate.scoring import ScoringOptions, score_manifest
+from storymaker.evaluate.cli import main
+from storymaker.evaluate.manifest import load_manifest
+from storymaker.evaluate.scoring import ScoringOptions, score_manifest
 
 
 def _cli(insightface_root, clip_cfg, out, *manifests, extra=()):
@@ -74,7 +74,7 @@ def test_score_two_methods_known_face_numbers(insightface_root, tiny_clip_config
 def test_clip_t_equals_manual_cosine(insightface_root, tiny_clip_config, run_dirs):
     from PIL import Image
 
-    from storymaker_core.evaluate.embedders import ClipEmbedder, ClipConfig
+    from storymaker.evaluate.embedders import ClipEmbedder, ClipConfig
 
     clip = ClipEmbedder(ClipConfig(model="TinyCLIP-storymaker-test", pretrained=None, batch_size=2))
     manifest = load_manifest(run_dirs[0])
@@ -149,7 +149,7 @@ def test_prompts_plan_round_trip(tmp_path, capsys, monkeypatch):
 
 def test_module_entry_point_help():
     root = Path(__file__).resolve().parents[2]
-    res = subprocess.run([sys.executable, "-m", "storymaker_core.evaluate", "score", "--help"],
+    res = subprocess.run([sys.executable, "-m", "storymaker", "evaluate", "score", "--help"],
                          cwd=root, capture_output=True, text=True)
     assert res.returncode == 0 and "--insightface-root" in res.stdout
 
@@ -158,7 +158,7 @@ def test_package_imports_stay_light():
     """Importing the harness (and its CLI module) must not load models' libraries."""
     root = Path(__file__).resolve().parents[2]
     code = (
-        "import sys, storymaker_core.evaluate, storymaker_core.evaluate.__main__\n"
+        "import sys, storymaker.evaluate, storymaker.evaluate.cli, storymaker.cli\n"
         "heavy = [m for m in ('torch', 'open_clip', 'insightface', 'onnxruntime', 'matplotlib', 'cv2')"
         " if m in sys.modules]\n"
         "assert not heavy, heavy\n"

@@ -9,7 +9,7 @@ import statistics
 import numpy as np
 import pytest
 
-from storymaker_core.evaluate import metrics as M
+from storymaker.evaluate import metrics as M
 
 
 def test_cosine_known_vectors():

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from storymaker_core.characters import APPEARANCE, Character, blend_characters, character_from_reference
-from storymaker_core.evaluate.panels import (CharacterPanelScore, PanelScoringError, cast_identities, region_crop,
+from storymaker.evaluate.panels import (CharacterPanelScore, PanelScoringError, cast_identities, region_crop,
                                              score_panels)
-from storymaker_core.evaluate.story_input import CastMember, Shot, Story
-from storymaker_core.evaluate.story_scoring import CharacterIdentity, StoryScoringOptions, resolve_identity, score_story
+from storymaker.evaluate.story_input import CastMember, Shot, Story
+from storymaker.evaluate.story_scoring import CharacterIdentity, StoryScoringOptions, resolve_identity, score_story
 from storymaker_core.story_render import RenderedPanel, StoryRender
 
 RED, BLUE = (200, 30, 30), (30, 60, 200)
@@ -53,7 +53,7 @@ def unit_at(cos: float, dim: int = 8) -> tuple:
 # --------------------------------------------------------------------------- equal to evaluate story
 @pytest.fixture(scope="module")
 def tiny_models(insightface_root, tiny_clip_config):
-    from storymaker_core.evaluate.embedders import ClipConfig, ClipEmbedder, FaceEmbedder
+    from storymaker.evaluate.embedders import ClipConfig, ClipEmbedder, FaceEmbedder
     from storymaker_core.faces import FaceAnalyzerConfig
 
     return (FaceEmbedder(config=FaceAnalyzerConfig(root=str(insightface_root), providers="CPU")),

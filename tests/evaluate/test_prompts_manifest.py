@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from storymaker_core.evaluate import manifest as MF
-from storymaker_core.evaluate import prompts as P
+from storymaker.evaluate import manifest as MF
+from storymaker.evaluate import prompts as P
 
 
 def test_prompt_file_has_source_and_four_groups_of_ten():

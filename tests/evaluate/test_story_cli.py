@@ -1,4 +1,4 @@
-"""`python -m storymaker_core.evaluate story` end to end on CPU with the tiny insightface and OpenCLIP models.
+"""`python -m storymaker evaluate story` end to end on CPU with the tiny insightface and OpenCLIP models.
 
 Every non-black image has two faces for the tiny detector (a big and a small slot, see conftest), painted
 with the characters' patterns, so which face is whose, and how many faces a shot has, are known.
@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from storymaker_core.evaluate.__main__ import main
+from storymaker.evaluate.cli import main
 
 
 def _models(insightface_root, clip_cfg):
@@ -51,7 +51,7 @@ def test_story_runner_stories_scored_end_to_end(insightface_root, tiny_clip_conf
     doc = json.loads((out / "results.json").read_text())
 
     # the reference<->face cosine bob gets for alice's face, measured on the reference images directly
-    from storymaker_core.evaluate.embedders import FaceEmbedder
+    from storymaker.evaluate.embedders import FaceEmbedder
     from storymaker_core.faces import FaceAnalyzerConfig
 
     fe = FaceEmbedder(config=FaceAnalyzerConfig(root=str(insightface_root), providers="CPU"))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from storymaker_core.evaluate.story_input import (StoryInputError, load_runner_stories,
+from storymaker.evaluate.story_input import (StoryInputError, load_runner_stories,
                                                   story_from_runner_manifest)
 
 
@@ -53,7 +53,7 @@ STORIES = {"01": ({"Lily": "realistic_human", "Bunny": "non_human"}, [(1, ["Lily
 
 
 def test_vistorybench_run_folder_with_dataset(tmp_path, story_builders):
-    from storymaker_core.evaluate.story_vistorybench import stories_from_vistorybench
+    from storymaker.evaluate.story_vistorybench import stories_from_vistorybench
 
     dataset, run = story_builders[1](tmp_path, STORIES, {"01": [1, 2, 9], "02": [1, 2]})
     stories = {s.name: s for s in stories_from_vistorybench(run, dataset.parent)}
@@ -70,7 +70,7 @@ def test_vistorybench_run_folder_with_dataset(tmp_path, story_builders):
 
 
 def test_vistorybench_bad_folders_are_clear_errors(tmp_path, story_builders):
-    from storymaker_core.evaluate.story_vistorybench import stories_from_vistorybench
+    from storymaker.evaluate.story_vistorybench import stories_from_vistorybench
 
     dataset, run = story_builders[1](tmp_path, STORIES, {"01": [1]})
     with pytest.raises(StoryInputError, match="no such folder"):

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from storymaker_core.evaluate.aggregate import CIOptions
-from storymaker_core.evaluate.story_metrics import (CharacterStoryScore, ShotScore, assign_faces,
+from storymaker.evaluate.aggregate import CIOptions
+from storymaker.evaluate.story_metrics import (CharacterStoryScore, ShotScore, assign_faces,
                                                     character_face_similarity, mean_pairwise_similarity,
                                                     reference_similarity, summarise_method, summarise_stories)
 

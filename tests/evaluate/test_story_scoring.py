@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from storymaker_core.evaluate.story_input import CastMember, Shot, Story
-from storymaker_core.evaluate.story_scoring import score_story
+from storymaker.evaluate.story_input import CastMember, Shot, Story
+from storymaker.evaluate.story_scoring import score_story
 
 RED, CAROL_COLOUR = (200, 30, 30), (40, 90, 200)
 SHOT_COLOURS = {"s1": (120, 120, 120), "s2": (100, 110, 90), "s3": (190, 40, 35), "s6": (60, 80, 190),

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from storymaker_core.evaluate.story_input import Region, story_from_runner_manifest
-from storymaker_core.evaluate.story_scoring import resolve_identity, score_story
-from storymaker_core.evaluate.story_vistorybench import split_run_folder, stories_from_vistorybench
+from storymaker.evaluate.story_input import Region, story_from_runner_manifest
+from storymaker.evaluate.story_scoring import resolve_identity, score_story
+from storymaker.evaluate.story_vistorybench import split_run_folder, stories_from_vistorybench
 
 STORIES = {"01": ({"Lily": "non_human", "Bunny": "unrealistic_human"},
                   [(1, ["Lily"]), (2, ["Lily", "Bunny"]), (3, ["Bunny"])]),
@@ -84,7 +84,7 @@ def test_language_first_layout_and_strict_character_keys(tmp_path, story_builder
 def _converted(tmp_path, story_builders):
     """Dataset, its conversion (64x64 renders: shot 2 gets left/right region masks) and a run folder whose
     shot 2 has Lily's colour on the left and Bunny's on the right."""
-    from storymaker_core.story.vistorybench.convert import ConvertOptions, convert_dataset
+    from storymaker.story.vistorybench.convert import ConvertOptions, convert_dataset
 
     images = {("01", "Lily"): _flat(RED), ("01", "Bunny"): _flat(BLUE), ("01", 1): _flat(RED),
               ("01", 2): _halves(RED, BLUE), ("01", 3): _flat(BLUE)}
@@ -120,8 +120,8 @@ def test_two_appearance_characters_in_one_shot_are_scored_on_their_own_regions(t
 
 
 def test_runner_stories_use_the_regions_their_scenes_were_rendered_with(tmp_path, story_builders, story_fakes):
-    from storymaker_core.story import load_story, plan_story
-    from storymaker_core.story.manifest import DONE, Manifest
+    from storymaker.story import load_story, plan_story
+    from storymaker.story.manifest import DONE, Manifest
 
     _, FakeClip = story_fakes
     _, converted, run = _converted(tmp_path, story_builders)
@@ -152,7 +152,7 @@ def test_runner_stories_use_the_regions_their_scenes_were_rendered_with(tmp_path
 def test_a_users_mask_with_alpha_and_an_empty_region(tmp_path, story_fakes):
     """A region read as ComfyUI's loader reads it (alpha: 1 - alpha); an empty one leaves that character
     unscored, with the reason, not scored on something else."""
-    from storymaker_core.evaluate.story_input import CastMember, Shot, Story
+    from storymaker.evaluate.story_input import CastMember, Shot, Story
 
     _, FakeClip = story_fakes
     shot = _save(tmp_path / "shot.png", _halves(RED, BLUE))
@@ -168,9 +168,9 @@ def test_a_users_mask_with_alpha_and_an_empty_region(tmp_path, story_fakes):
     per = result.shots[0].per_character
     assert per["cat"]["ref_cos"] == pytest.approx(1.0) and per["cat"]["compared"].startswith(f"region x{SIZE // 2}-")
     assert per["dog"]["ref_cos"] is None and "empty" in per["dog"]["problem"]
-    from storymaker_core.evaluate.aggregate import CIOptions
-    from storymaker_core.evaluate.story_metrics import summarise_stories
-    from storymaker_core.evaluate.story_report import story_markdown
+    from storymaker.evaluate.aggregate import CIOptions
+    from storymaker.evaluate.story_metrics import summarise_stories
+    from storymaker.evaluate.story_report import story_markdown
 
     md = story_markdown(summarise_stories(result.characters, result.shots, CIOptions()), result.characters,
                         result.shots, {})
@@ -181,8 +181,8 @@ def test_a_users_mask_with_alpha_and_an_empty_region(tmp_path, story_fakes):
 def test_a_multi_page_reference_is_every_reference(tmp_path, story_fakes):
     """The converter's batch of references (one TIFF, one page per reference) is embedded page by page, as
     ComfyUI's LoadImage hands it to the Character from Image node."""
-    from storymaker_core.evaluate.story_input import CastMember
-    from storymaker_core.story.vistorybench.convert import reference_batch
+    from storymaker.evaluate.story_input import CastMember
+    from storymaker.story.vistorybench.convert import reference_batch
 
     _, FakeClip = story_fakes
     pages = [_save(tmp_path / "a.png", _flat(RED)), _save(tmp_path / "b.png", _flat(BLUE))]

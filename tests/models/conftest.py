@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).parent))  # the helper module beside this 
 from models_fake_hosts import FakeHosts  # noqa: E402
 from models_support import ONNX_NAMES, payload, zip_of  # noqa: E402
 
-from storymaker_core.models import catalog, http_download  # noqa: E402
-from storymaker_core.models.catalog import ITEMS, UNKNOWN, HubSource, Pin  # noqa: E402
+from storymaker.models import catalog, http_download  # noqa: E402
+from storymaker.models.catalog import ITEMS, UNKNOWN, HubSource, Pin  # noqa: E402
 
 
 @pytest.fixture

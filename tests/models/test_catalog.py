@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from storymaker_core.models.catalog import ITEMS, HubSource, UrlSource, select
+from storymaker.models.catalog import ITEMS, HubSource, UrlSource, select
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 from models_support import ONNX_NAMES, release_args
 
-from storymaker_core.models.catalog import ITEMS
-from storymaker_core.models.cli import main
-from storymaker_core.models.comfy_paths import load
-from storymaker_core.models.errors import FetchError
+from storymaker.models.catalog import ITEMS
+from storymaker.models.cli import main
+from storymaker.comfyui import ComfyUIError, model_paths
 
 REPO = Path(__file__).resolve().parents[2]
 _CONTAINING = REPO.parents[1] if REPO.parent.name == "custom_nodes" and (REPO.parents[1] / "main.py").is_file() \
@@ -31,7 +30,7 @@ def item(key):
 
 
 def fetch(comfyui, hosts, *extra):
-    return main(["fetch", "--comfyui", str(comfyui), *release_args(hosts), *extra])
+    return main(["--comfyui", str(comfyui), *release_args(hosts), *extra])
 
 
 def write_yaml(path: Path, text: str) -> Path:
@@ -42,7 +41,7 @@ def write_yaml(path: Path, text: str) -> Path:
 
 # -- the search folders --------------------------------------------------------------------------------------
 def test_without_a_yaml_comfyui_looks_in_its_own_models_folder(comfyui):
-    paths = load(comfyui)
+    paths = model_paths(comfyui)
     models = Path(os.path.realpath(comfyui)) / "models"
     assert paths.dirs("checkpoints") == [models / "checkpoints", models.parent / "output" / "checkpoints"]
     assert paths.dirs("controlnet") == [models / "controlnet", models / "t2i_adapter"]
@@ -65,7 +64,7 @@ def test_the_yaml_beside_main_py_adds_folders_in_comfyuis_order(comfyui, tmp_pat
             sams: sam_models
         empty:
         """)
-    paths = load(comfyui)
+    paths = model_paths(comfyui)
     models = comfyui / "models"
     disk, shared = tmp_path / "disk" / "a1111", tmp_path / "shared"
     assert paths.dirs("checkpoints") == [shared / "ckpts", models / "checkpoints", disk / "models/Stable-diffusion",
@@ -81,7 +80,7 @@ def test_base_directory_and_extra_configs(comfyui, tmp_path):
         disk:
             insightface: faces
         """)
-    paths = load(comfyui, base_directory=tmp_path / "base", extra_configs=[extra])
+    paths = model_paths(comfyui, base_directory=tmp_path / "base", extra_configs=[extra])
     assert paths.models_dir == tmp_path / "base" / "models"
     assert paths.dirs("insightface") == [tmp_path / "conf" / "faces", tmp_path / "base" / "models" / "insightface"]
     assert paths.dirs("checkpoints")[0] == tmp_path / "base" / "models" / "checkpoints"
@@ -92,8 +91,8 @@ def test_a_yaml_comfyui_could_not_read_is_a_usage_error(comfyui, hosts, capsys):
         disk:
             checkpoints: [a, b]
         """)
-    with pytest.raises(FetchError, match="one path per line"):
-        load(comfyui)
+    with pytest.raises(ComfyUIError, match="one path per line"):
+        model_paths(comfyui)
     assert fetch(comfyui, hosts, "--only", "sdxl") == 2
     assert "extra_model_paths.yaml" in capsys.readouterr().err
 
@@ -139,7 +138,7 @@ def test_the_folders_are_the_ones_comfyui_itself_computes(comfyui, tmp_path, mon
     assert done.returncode == 0, done.stderr
     theirs = json.loads(done.stdout.strip().splitlines()[-1])
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    ours = load(comfyui, base_directory=base, extra_configs=[extra])
+    ours = model_paths(comfyui, base_directory=base, extra_configs=[extra])
     assert {name: [str(p) for p in ours.dirs(name)] for name in theirs} == theirs
 
 

@@ -1,4 +1,4 @@
-"""`python -m storymaker_core.models fetch` against loopback stand-ins of the Hub and the release hosts."""
+"""`python -m storymaker fetch` against loopback stand-ins of the Hub and the release hosts."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pytest
 from models_fake_hosts import COMMIT
 from models_support import ONNX_NAMES, payload, release_args
 
-from storymaker_core.models.catalog import ITEMS, HubSource, select
-from storymaker_core.models.cli import main
+from storymaker.models.catalog import ITEMS, HubSource, select
+from storymaker.models.cli import main
 
 
 def fetch(comfyui, hosts, *extra):
-    return main(["fetch", "--comfyui", str(comfyui), *release_args(hosts), *extra])
+    return main(["--comfyui", str(comfyui), *release_args(hosts), *extra])
 
 
 def served(hosts, item) -> bytes:
@@ -178,7 +178,7 @@ def test_present_files_stay_usable_without_network(comfyui, hosts, monkeypatch, 
 
 
 def test_list_prints_sources_and_folders_without_network(hosts, capsys):
-    assert main(["fetch", "--list"]) == 0
+    assert main(["--list"]) == 0
     out = capsys.readouterr().out
     for item in ITEMS:
         assert item.source.browser_url() in out and item.relative_target in out
@@ -239,11 +239,11 @@ def test_bytes_that_differ_from_the_published_sha256_never_take_the_final_name(c
 
 
 def test_usage_errors_name_the_input(tmp_path, hosts, capsys):
-    assert main(["fetch", "--comfyui", str(tmp_path), "--only", "sdxl"]) == 2
+    assert main(["--comfyui", str(tmp_path), "--only", "sdxl"]) == 2
     assert "--comfyui" in capsys.readouterr().err
-    assert main(["fetch", "--only", "sdxl,vae"]) == 2
+    assert main(["--only", "sdxl,vae"]) == 2
     assert "unknown model vae" in capsys.readouterr().err
-    assert main(["fetch", "--url", "sdxl=http://x/y"]) == 2
+    assert main(["--url", "sdxl=http://x/y"]) == 2
     assert "HF_ENDPOINT" in capsys.readouterr().err
 
 
@@ -351,7 +351,7 @@ def test_ctrl_c_while_unzipping_leaves_the_live_pack_folder_untouched(comfyui, h
     """A simulated Ctrl-C while the third .onnx file is being unzipped: the live buffalo_l folder keeps the old
     pack exactly (no .onnx.part, no mix of versions), no staging folder is left, and the next run installs the
     zip it had already downloaded and checked."""
-    from storymaker_core.models import insightface_pack
+    from storymaker.models import insightface_pack
 
     folder = comfyui / "models/insightface/models/buffalo_l"
     folder.mkdir(parents=True)

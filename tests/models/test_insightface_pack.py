@@ -9,9 +9,9 @@ import os
 import pytest
 from models_support import ONNX_NAMES, payload, zip_of
 
-from storymaker_core.models import insightface_pack
-from storymaker_core.models.errors import VerificationFailed
-from storymaker_core.models.insightface_pack import install, recover
+from storymaker.models import insightface_pack
+from storymaker.models.errors import VerificationFailed
+from storymaker.models.insightface_pack import install, recover
 
 MEMBERS = {name: payload(name, 3000) for name in ONNX_NAMES}
 PINS = {name: hashlib.sha256(data).hexdigest() for name, data in MEMBERS.items()}

@@ -10,15 +10,15 @@ import re
 import pytest
 from models_support import ONNX_NAMES, payload, release_args, zip_of
 
-from storymaker_core.models.catalog import ITEMS, SAM_MD5, UNKNOWN, Pin
-from storymaker_core.models.cli import main
-from storymaker_core.models.fetch import human_size
+from storymaker.models.catalog import ITEMS, SAM_MD5, UNKNOWN, Pin
+from storymaker.models.cli import main
+from storymaker.models.fetch import human_size
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def fetch(comfyui, hosts, *extra, urls=None):
-    return main(["fetch", "--comfyui", str(comfyui), *(urls if urls is not None else release_args(hosts)), *extra])
+    return main(["--comfyui", str(comfyui), *(urls if urls is not None else release_args(hosts)), *extra])
 
 
 def item(key):

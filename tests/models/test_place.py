@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from storymaker_core.models import place
+from storymaker.models import place
 
 
 def test_move_across_disks_copies_to_a_part_file_then_renames(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from storymaker_core.story.model_check import MODEL_INPUTS, STRICTER
+from storymaker.story.model_check import MODEL_INPUTS, STRICTER
 from support.comfyui import PACK_MODULE
 from support.model_headers import SDXL_KEYS, write_safetensors
 from support.node_specs import our_node_classes

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the helper modules beside this
 from story_fake_comfy import FakeComfy, Faults  # noqa: E402
 from story_support import SCENES, WORKFLOW, write_png  # noqa: E402
 
-from storymaker_core.story.runner import RunOptions  # noqa: E402
+from storymaker.story.runner import RunOptions  # noqa: E402
 
 class ServerThread:
     """Fake servers on their own event loop in a thread, so the runner (and the CLI, which calls

@@ -9,9 +9,9 @@ import json
 import pytest
 from story_support import WORKFLOW
 
-from storymaker_core.story.errors import StoryFileError
-from storymaker_core.story.plan import plan_story
-from storymaker_core.story.schema import load_story
+from storymaker.story.errors import StoryFileError
+from storymaker.story.plan import plan_story
+from storymaker.story.schema import load_story
 
 
 def character_workflow(with_identity: bool = True) -> dict:
@@ -82,7 +82,7 @@ def test_the_runner_records_each_members_identity_for_evaluate_story(comfy, make
     """`evaluate story` scores a member by its identity mode: the manifest's cast carries it."""
     import asyncio
 
-    from storymaker_core.story.runner import StoryRunner
+    from storymaker.story.runner import StoryRunner
 
     path = write(story_dir, "char.json", character_workflow())
     story = make_story(workflow=path, cast=[{"name": "rabbit", "image": "refs/alice.png", "identity": "appearance"}])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from story_support import fake_comfyui, gone
 
-from storymaker_core.story.__main__ import main
+from storymaker.story.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--poll-interval", "0.05", "--connect-timeout", "2", "--request-timeout", "5"]
@@ -109,7 +109,7 @@ def test_ctrl_c_leaves_a_consistent_manifest_and_the_rerun_finishes(comfy, make_
     story, out = make_story(), tmp_path / "out"
     # Ctrl-C as in a terminal: a pytest started in the background by a non-interactive shell passes its
     # children SIGINT *ignored*, and Python keeps an ignored SIGINT ignored; restore the default first.
-    proc = subprocess.Popen([sys.executable, "-m", "storymaker_core.story", str(story), "--out", str(out), *FAST,
+    proc = subprocess.Popen([sys.executable, "-m", "storymaker", "story", str(story), "--out", str(out), *FAST,
                              "--server", server.url, "--quiet"], cwd=REPO, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60  # generous: a loaded 2-core CI machine starts Python slowly

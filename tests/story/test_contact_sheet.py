@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from story_support import write_png
 
-from storymaker_core.story.contact_sheet import BACKGROUND, PLACEHOLDER, make_contact_sheet, write_contact_sheet
+from storymaker.story.contact_sheet import BACKGROUND, PLACEHOLDER, make_contact_sheet, write_contact_sheet
 
 
 def test_grid_thumbnails_captions_and_placeholders(tmp_path):

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from storymaker_core.story.__main__ import build_parser, output_root
-from storymaker_core.story.schema import load_story
+from storymaker.story.cli import build_parser, output_root
+from storymaker.story.schema import load_story
 
 REPO = Path(__file__).resolve().parents[2]
 STORIES = REPO / "stories"
@@ -27,7 +27,7 @@ def header(path: Path) -> str:
 
 def commands(path: Path) -> list[str]:
     return [re.sub(r"\s+#.*$", "", line).strip() for line in header(path).splitlines()
-            if line.startswith("python -m storymaker_core.story")]
+            if line.startswith(("python -m storymaker story ", "python -m storymaker check "))]
 
 
 def readme_command_1() -> str:
@@ -44,8 +44,10 @@ def test_the_one_character_header_runs_readme_command_1():
 def test_header_commands_parse_and_the_files_they_say_ship_exist(name):
     path = STORIES / name
     for command in commands(path):
-        args = build_parser().parse_args(command.split()[3:])  # after `python -m storymaker_core.story`
+        verb, arguments = command.split()[3], command.split()[4:]  # after `python -m storymaker`
+        args = build_parser(check=verb == "check").parse_args(arguments)
         assert [REPO / story for story in args.story] == [path]
+        assert args.check == (verb == "check" or "--check" in arguments)
     text = header(path)
     assert "ship in stories/refs/" in text
     for character in load_story(path).cast.values():  # what the header says ships is what the story reads

@@ -6,8 +6,8 @@ import json
 import os
 import threading
 
-from storymaker_core.story.files import atomic_write, file_sha256, sha256_bytes, write_new_file
-from storymaker_core.story.manifest import Manifest
+from storymaker.story.files import atomic_write, file_sha256, sha256_bytes, write_new_file
+from storymaker.story.manifest import Manifest
 
 
 def test_write_new_file_keeps_a_different_file_and_reuses_an_identical_one(tmp_path):

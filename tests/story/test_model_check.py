@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from story_support import fake_comfyui
 
-from storymaker_core.story.__main__ import main
-from storymaker_core.story.client import ComfyClient
-from storymaker_core.story.errors import CannotInspectModels, ModelFilesUnusable
-from storymaker_core.story.model_check import check_model_files, model_files
-from storymaker_core.story.server import comfyui_output_dir
+from storymaker.comfyui import comfyui_output_dir
+from storymaker.story.cli import main
+from storymaker.story.client import ComfyClient
+from storymaker.story.errors import CannotInspectModels, ModelFilesUnusable
+from storymaker.story.model_check import check_model_files, model_files
 from support.model_headers import SD15_KEYS, SDXL_KEYS, clip_vision_keys, write_safetensors
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 from story_support import WORKFLOW
 
-from storymaker_core.story.client import ComfyClient
-from storymaker_core.story.errors import PromptRejected, ValidationFailed
-from storymaker_core.story.runner import StoryRunner
-from storymaker_core.story.server import LocalComfyUI, find_comfyui
+from storymaker.comfyui import find_comfyui
+from storymaker.story.client import ComfyClient
+from storymaker.story.errors import PromptRejected, ValidationFailed
+from storymaker.story.runner import StoryRunner
+from storymaker.story.server import LocalComfyUI
 
 pytestmark = [
     pytest.mark.comfyui,

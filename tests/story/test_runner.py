@@ -15,11 +15,11 @@ from PIL import Image
 from story_fake_comfy import positive_text, scene_color
 from story_support import SCENES
 
-from storymaker_core.story.errors import NoServerLeft, ValidationFailed
-from storymaker_core.story.files import file_sha256
-from storymaker_core.story.runner import StoryRunner
-from storymaker_core.story.schema import default_seed
-from storymaker_core.story.server import free_port
+from storymaker.story.errors import NoServerLeft, ValidationFailed
+from storymaker.story.files import file_sha256
+from storymaker.story.runner import StoryRunner
+from storymaker.story.schema import default_seed
+from storymaker.story.server import free_port
 
 STEMS = ["01-morning", "02-street", "03-alice-reads-a-book-by-the"]
 SEEDS = [default_seed(100, "morning"), 7, default_seed(100, "alice-reads-a-book-by-the")]  # base_seed 100
@@ -324,9 +324,9 @@ def test_unreachable_servers(comfy, make_story, options):
 
 
 def test_story_manifest_is_an_evaluation_manifest(comfy, make_story, options, story_dir):
-    """`python -m storymaker_core.evaluate story/<name>` reads the runner's manifest as it is: the cast's
+    """`python -m storymaker evaluate story/<name>` reads the runner's manifest as it is: the cast's
     references, each scene's file, prompt, characters and seed."""
-    from storymaker_core.evaluate.manifest import load_manifest
+    from storymaker.evaluate.manifest import load_manifest
 
     report, runner = run(make_story(), [comfy.start()], options)
     assert report.ok
@@ -339,7 +339,7 @@ def test_story_manifest_is_an_evaluation_manifest(comfy, make_story, options, st
 def test_manifest_follows_story_edits_for_evaluation(comfy, make_story, options, story_dir):
     """A renamed cast member and a removed scene change the manifest, not the images: `evaluate` reads
     the new names and no longer scores the removed scene; put back unchanged, it is not rendered again."""
-    from storymaker_core.evaluate.manifest import load_manifest
+    from storymaker.evaluate.manifest import load_manifest
 
     server = comfy.start()
     run(make_story(), [server], options)
@@ -395,7 +395,7 @@ def test_prompts_queued_for_a_scene_that_changed_are_taken_back(comfy, make_stor
 
 def test_every_image_of_a_batch_is_saved_and_verified(comfy, make_story, options, story_dir):
     """batch_size 3: the first image is the scene's, the others are NN-scene-b2/-b3, recorded with sha256."""
-    from storymaker_core.evaluate.manifest import load_manifest
+    from storymaker.evaluate.manifest import load_manifest
 
     wf = json.loads((story_dir / "workflows" / "one.json").read_text())
     wf["6"]["inputs"]["batch_size"] = 3

@@ -7,8 +7,8 @@ import json
 import pytest
 import yaml
 
-from storymaker_core.story.errors import StoryFileError
-from storymaker_core.story.schema import default_seed, load_story, slugify
+from storymaker.story.errors import StoryFileError
+from storymaker.story.schema import default_seed, load_story, slugify
 
 
 def problems(path) -> list[str]:
@@ -123,7 +123,7 @@ def test_a_file_not_in_utf8_is_a_story_error_and_a_byte_order_mark_is_fine(make_
     doc = {"workflow": "workflows/one.json", "cast": {"alice": "refs/alice.png"},
            "scenes": [{"prompt": "alice in a caf\u00e9"}]}
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(doc).encode())
-    from storymaker_core.story.plan import plan_story
+    from storymaker.story.plan import plan_story
 
     (plan,) = plan_story(load_story(path))
     assert plan.prompt["4"]["inputs"]["text"] == "alice in a caf\u00e9"
@@ -177,7 +177,7 @@ def test_example_stories_in_repo_are_valid(tmp_path, name):
 
     from PIL import Image
 
-    from storymaker_core.story.plan import plan_story
+    from storymaker.story.plan import plan_story
 
     repo = Path(__file__).resolve().parents[2]
     doc = yaml.safe_load((repo / "stories" / name).read_text())
@@ -204,7 +204,7 @@ def test_example_stories_keep_their_names_with_custom_values():
     """`values:` used to overwrite the story name (a loop variable shadowed it): story/<name>/ was wrong."""
     from pathlib import Path
 
-    from storymaker_core.story.schema import load_story
+    from storymaker.story.schema import load_story
 
     stories = Path(__file__).resolve().parents[2] / "stories"
     assert load_story(stories / "example-one-character.yaml").name == "ava-one-day"

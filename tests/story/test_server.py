@@ -10,9 +10,10 @@ import aiohttp
 import pytest
 from story_support import fake_comfyui, gone
 
-from storymaker_core.story import server as server_module
-from storymaker_core.story.errors import StoryError
-from storymaker_core.story.server import LocalComfyUI, find_comfyui, find_python
+from storymaker import comfyui as comfyui_module
+from storymaker.comfyui import ComfyUINotFound, find_comfyui, find_python
+from storymaker.story.errors import StoryError
+from storymaker.story.server import LocalComfyUI
 
 
 def test_find_comfyui_order_of_precedence(tmp_path, monkeypatch):
@@ -20,13 +21,13 @@ def test_find_comfyui_order_of_precedence(tmp_path, monkeypatch):
     repo = tmp_path / "ComfyUI" / "custom_nodes" / "ComfyUI-StoryMaker"
     repo.mkdir(parents=True)
     installed = fake_comfyui(tmp_path / "ComfyUI")
-    monkeypatch.setattr(server_module, "REPO_ROOT", repo)
+    monkeypatch.setattr(comfyui_module, "REPO_ROOT", repo)
     assert find_comfyui(explicit, {"COMFYUI_PATH": str(from_env)}) == explicit
     assert find_comfyui(None, {"COMFYUI_PATH": str(from_env)}) == from_env
     assert find_comfyui(None, {}) == installed  # the ComfyUI this pack is installed in
-    with pytest.raises(StoryError, match=r"no ComfyUI at .*nowhere \(--comfyui\).*--server URL"):
+    with pytest.raises(ComfyUINotFound, match=r"no ComfyUI at .*nowhere \(--comfyui\).*main\.py does not exist"):
         find_comfyui(tmp_path / "nowhere", {})
-    with pytest.raises(StoryError, match=r"\(COMFYUI_PATH\)"):
+    with pytest.raises(ComfyUINotFound, match=r"\(COMFYUI_PATH\)"):
         find_comfyui(None, {"COMFYUI_PATH": str(tmp_path / "nowhere")})
 
 

@@ -8,8 +8,8 @@ import pytest
 from story_support import WORKFLOW
 from story_fake_comfy import catalog
 
-from storymaker_core.story.errors import PromptRejected, ValidationFailed, format_rejection
-from storymaker_core.story.validate import check_prompt, combo_choices, validate_prompts
+from storymaker.story.errors import PromptRejected, ValidationFailed, format_rejection
+from storymaker.story.validate import check_prompt, combo_choices, validate_prompts
 
 INFO = catalog(["alice.png"])
 

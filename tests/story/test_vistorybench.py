@@ -10,13 +10,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from storymaker_core.story import load_story, plan_story
-from storymaker_core.story.vistorybench.__main__ import main
-from storymaker_core.story.vistorybench.convert import ConvertOptions, convert_dataset
-from storymaker_core.story.vistorybench.dataset import LITE_STORY_IDS, DatasetError, load_dataset, load_story as load_vistory
-from storymaker_core.story.vistorybench.prompts import shot_prompt
-from storymaker_core.story.vistorybench.regions import region_bands
-from storymaker_core.story.vistorybench.templates import TemplateError
+from storymaker.story import load_story, plan_story
+from storymaker.story.vistorybench.cli import main
+from storymaker.story.vistorybench.convert import ConvertOptions, convert_dataset
+from storymaker.story.vistorybench.dataset import LITE_STORY_IDS, DatasetError, load_dataset, load_story as load_vistory
+from storymaker.story.vistorybench.prompts import shot_prompt
+from storymaker.story.vistorybench.regions import region_bands
+from storymaker.story.vistorybench.templates import TemplateError
 from support.vistorybench_data import (CHARACTERS_01, CHINESE_ONLY_SHOT, MISSING_CHARACTER, REPO, SHOTS_01,
                                        build_dataset, story_01, write_strict_story)
 
@@ -150,7 +150,7 @@ def test_every_reference_image_is_used_as_one_image_batch(converted, dataset):
 def test_references_of_different_sizes_are_letterboxed_onto_one_canvas(tmp_path):
     from PIL import ImageSequence
 
-    from storymaker_core.story.vistorybench.convert import reference_batch
+    from storymaker.story.vistorybench.convert import reference_batch
 
     wide = tmp_path / "wide.png"
     Image.new("RGB", (60, 20), (200, 0, 0)).save(wide)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from storymaker_core.story.manifest import DONE, FAILED, Manifest
-from storymaker_core.story.vistorybench.__main__ import main
-from storymaker_core.story.vistorybench.convert import ConvertOptions, convert_dataset
-from storymaker_core.story.vistorybench.export import ExportError, export_stories
+from storymaker.story.manifest import DONE, FAILED, Manifest
+from storymaker.story.vistorybench.cli import main
+from storymaker.story.vistorybench.convert import ConvertOptions, convert_dataset
+from storymaker.story.vistorybench.export import ExportError, export_stories
 from support.vistorybench_data import build_dataset
 
 TS = "20250101_120000"

@@ -8,10 +8,10 @@ import json
 import pytest
 from story_support import WORKFLOW
 
-from storymaker_core.story.errors import StoryFileError
-from storymaker_core.story.plan import plan_story, prompt_fingerprint
-from storymaker_core.story.schema import default_seed, load_story
-from storymaker_core.story.workflow import Template
+from storymaker.story.errors import StoryFileError
+from storymaker.story.plan import plan_story, prompt_fingerprint
+from storymaker.story.schema import default_seed, load_story
+from storymaker.story.workflow import Template
 
 
 def write_workflow(story_dir, name: str, nodes: dict) -> str:

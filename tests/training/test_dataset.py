@@ -122,7 +122,7 @@ def test_drop_frequencies_follow_the_release():
 
 
 def test_manifest_errors_name_the_problem(tmp_path):
-    with pytest.raises(DatasetError, match="training.prepare"):
+    with pytest.raises(DatasetError, match="storymaker prepare"):
         read_manifest(str(tmp_path / "missing.jsonl"))
     bad = tmp_path / "manifest.jsonl"
     bad.write_text('{"id": "x"}\n')

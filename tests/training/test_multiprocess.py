@@ -1,4 +1,5 @@
-"""Two processes through `accelerate launch` (DDP on gloo, CPU): one consistent checkpoint and export."""
+"""Two processes through `accelerate launch -m storymaker train` (DDP on gloo, CPU): one consistent checkpoint and
+export."""
 
 import json
 import os
@@ -28,7 +29,7 @@ def test_two_processes_train_one_consistent_checkpoint(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-                             "-m", "training.train", "--config", str(config)],
+                             "-m", "storymaker", "train", "--config", str(config)],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "summary.json").read_text())

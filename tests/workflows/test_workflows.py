@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from storymaker_core.story.validate import check_prompt
-from storymaker_core.workflow_format import SEED_CONTROL, UPLOAD_BUTTON, ui_to_api, widget_slots
+from storymaker.story.validate import check_prompt
+from storymaker.workflow_format import SEED_CONTROL, UPLOAD_BUTTON, ui_to_api, widget_slots
 from support.node_specs import node_specs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,7 +109,7 @@ def test_a_mask_node_saved_by_the_editor_keeps_its_channel(specs):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
 def test_ui_layout_flows_left_to_right_without_overlaps(path):
     """What an artist sees on opening the file: every link runs rightwards, no node covers another."""
-    from storymaker_core.workflow_layout import TITLE_HEIGHT
+    from storymaker.workflow_layout import TITLE_HEIGHT
 
     ui = json.loads((REPO / "workflows" / path.name.replace(".api.json", ".json")).read_text())
     nodes = {n["id"]: n for n in ui["nodes"]}
@@ -123,7 +123,7 @@ def test_ui_layout_flows_left_to_right_without_overlaps(path):
 
 
 def test_layout_pulls_a_node_right_to_its_first_consumer():
-    from storymaker_core.workflow_layout import columns
+    from storymaker.workflow_layout import columns
 
     link = lambda node: [node, 0]  # noqa: E731
     api = {"1": {"inputs": {}}, "2": {"inputs": {"a": link("1")}}, "3": {"inputs": {"a": link("2")}},
