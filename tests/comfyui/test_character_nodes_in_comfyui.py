@@ -4,6 +4,7 @@ Needs COMFYUI_PATH (a ComfyUI v0.14.1 source tree) and its requirements; skipped
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,8 @@ def comfy(tmp_path_factory):
     state = {"image_proj_model": seeded_weights(expected_image_proj_shapes(resampler), 1, scale=0.05),
              "ip_adapter": seeded_weights(expected_ip_adapter_shapes(unet_attention_layers(SDXL), 4), 2)}
     adapter = StoryMakerAdapter(storymaker_weights_from_state_dict(state, "tiny"))
+    # the Save node refuses features that are not ViT-H's width; this tiny CLIP vision stands in for ViT-H
+    sys.modules[f"{pack.__name__}.nodes.characters"].CLIP_VIT_H_WIDTH = CLIP_WIDTH
     return pack, vision, adapter, characters
 
 

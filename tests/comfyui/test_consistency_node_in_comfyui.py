@@ -165,7 +165,7 @@ def test_node_schema(comfy):
     node, _, _ = comfy
     info = node.GET_NODE_INFO_V1()
     assert info["name"] == "StoryMakerConsistencyScores" and info["display_name"] == "StoryMaker Consistency Scores"
-    assert info["category"] == "StoryMaker" and info["output_node"]
+    assert info["category"] == "StoryMaker/story" and info["output_node"]
     required, optional = info["input"]["required"], info["input"]["optional"]
     assert {k: v[0] for k, v in required.items()} == {"images": "IMAGE", "story": "STORYMAKER_STORY",
                                                       "cast": "STORYMAKER_CAST", "face_threshold": "FLOAT",

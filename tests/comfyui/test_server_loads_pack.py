@@ -259,7 +259,7 @@ def saved_characters(server):
     for file, name in names.items():
         save_character(str(folder / file), Character(
             name=name, id_embedding=torch.zeros(512), character_image=np.zeros((1, 8, 8, 3), np.uint8),
-            character_clip=torch.zeros(4, 8), identity="appearance"))
+            character_clip=torch.zeros(4, 1280), identity="appearance"))
     return base, folder
 
 
