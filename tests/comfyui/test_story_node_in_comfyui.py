@@ -169,8 +169,15 @@ def counters(url: str) -> dict:
 
 
 def history_images(url: str, prompt_id: str, node: str) -> list:
-    history = json.loads(urllib.request.urlopen(f"{url}/history/{prompt_id}").read())[prompt_id]
-    return history["outputs"][node]["images"]
+    """The node's images in /history (ComfyUI stores the prompt's history just after `execution_success`)."""
+    import time
+
+    for _ in range(100):
+        history = json.loads(urllib.request.urlopen(f"{url}/history/{prompt_id}").read())
+        if prompt_id in history:
+            return history[prompt_id]["outputs"][node]["images"]
+        time.sleep(0.1)
+    raise AssertionError(f"prompt {prompt_id} never reached /history")
 
 
 @pytest.fixture(scope="module")
