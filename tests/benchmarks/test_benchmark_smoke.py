@@ -92,3 +92,23 @@ def test_gpu_checks_script_runs_every_benchmark(tmp_path):
     for name in ("step_overhead", "train_throughput_b1", "train_throughput_b8"):
         assert json.loads((tmp_path / f"{name}.json").read_text())
     assert "torch" in (tmp_path / "environment.txt").read_text()
+
+
+@pytest.mark.comfyui
+@pytest.mark.slow  # a real ComfyUI server with random-weight models: about 2 minutes on 2 cores
+def test_story_in_editor_runs_and_prints_a_summary(tmp_path):
+    pytest.importorskip("insightface")
+    out = tmp_path / "story.json"
+    lines = run("story_in_editor.py", "--comfyui", comfyui_path(), "--quick", "--out", str(out), comfyui=True)
+    match = SUMMARY.match(lines[-1])
+    assert match and match["name"] == "story_in_editor" and match["unit"] == "s/scene", lines[-1]
+    result = json.loads(out.read_text())
+    assert float(match["value"]) == pytest.approx(result["median_s_per_scene"]["story"], abs=1e-3)
+    assert f"{result['ratio']:.3f}x" in match["ratio"]
+    assert result["max_png_diff_story_vs_classic"] <= 2  # the story's panels are the classic graph's images
+    short, long_ = result["memory"]
+    assert (short["scenes"], long_["scenes"]) == (2, 4)
+    assert 0 < long_["peak_kv_bytes"] <= 1.5 * short["peak_kv_bytes"], result["memory"]  # one scene's K/V at a time
+    assert long_["live_kv_bytes_after"] == 0 and long_["peak_rss_mib"] > 0
+    assert any(line.startswith("| wall time, median | ") for line in lines)  # the RESULTS.md rows
+    assert any(line.startswith("| 4 scenes | ") for line in lines)
