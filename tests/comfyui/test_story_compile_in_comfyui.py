@@ -12,7 +12,6 @@ library-mode compile tests also use; dynamo, the guard filter and StoryMaker's c
 Needs COMFYUI_PATH (and insightface); about five minutes on 2 cores (two thirds of it the compiled story).
 """
 
-import asyncio
 import json
 import urllib.request
 from pathlib import Path
@@ -193,40 +192,10 @@ def story_prompt(script: str, name: str, compile_backend=None, seed: int = 0, si
     return prompt
 
 
-async def _run(url: str, prompt: dict, timeout: float = 1200) -> dict:
-    """Queue `prompt`: the expanded samplers that started, the outcome, and the error if any."""
-    import aiohttp
-
-    client_id = "story-compile-test"
-    started, outcome, error = [], None, None
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
-            async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as response:
-                body = await response.json()
-                assert response.status == 200, body
-            prompt_id = body["prompt_id"]
-            while outcome is None:
-                message = await ws.receive(timeout=timeout)
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                event = json.loads(message.data)
-                data = event.get("data", {})
-                if data.get("prompt_id") not in (None, prompt_id):
-                    continue
-                kind, node_id = event["type"], data.get("node")
-                if kind == "executing" and isinstance(node_id, str) and node_id.endswith(".sample"):
-                    started.append(node_id)
-                elif kind == "execution_error":
-                    outcome, error = "error", data
-                elif kind == "execution_interrupted":
-                    outcome = "interrupted"
-                elif kind == "execution_success":
-                    outcome = "success"
-    return {"started": started, "outcome": outcome, "error": error}
-
-
 def run(url, prompt) -> dict:
-    return asyncio.run(_run(url, prompt))
+    from support.story_server import run_story
+
+    return run_story(url, prompt, client_id="story-compile-test")
 
 
 def dynamo(url: str, reset: bool = False) -> dict:

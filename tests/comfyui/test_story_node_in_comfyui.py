@@ -6,7 +6,6 @@ on a patched weight) and the image K/V held by every live scene patch. Needs COM
 about three minutes on 2 cores.
 """
 
-import asyncio
 import json
 import urllib.request
 from pathlib import Path
@@ -122,42 +121,10 @@ def story_prompt(script: str, name: str = "tale", seed: int = 0, size: int = 128
     }
 
 
-async def _run(url: str, prompt: dict, interrupt_at_sample: int = 0, timeout: float = 600) -> dict:
-    """Queue `prompt`; the ids of the expanded samplers that started, the outcome, and the error if any."""
-    import aiohttp
-
-    client_id = "story-test"
-    started, outcome, error = [], None, None
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{url}/ws?clientId={client_id}") as ws:
-            async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as response:
-                body = await response.json()
-                assert response.status == 200, body
-            prompt_id = body["prompt_id"]
-            while outcome is None:
-                message = await ws.receive(timeout=timeout)
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                event = json.loads(message.data)
-                data = event.get("data", {})
-                if data.get("prompt_id") not in (None, prompt_id):
-                    continue
-                kind, node_id = event["type"], data.get("node")
-                if kind == "executing" and isinstance(node_id, str) and node_id.endswith(".sample"):
-                    started.append(node_id)
-                    if len(started) == interrupt_at_sample:
-                        await session.post(f"{url}/interrupt", json={})
-                elif kind == "execution_error":
-                    outcome, error = "error", data
-                elif kind == "execution_interrupted":
-                    outcome = "interrupted"
-                elif kind == "execution_success":
-                    outcome = "success"
-    return {"started": started, "outcome": outcome, "error": error, "prompt_id": prompt_id}
-
-
 def run(url, prompt, **kwargs) -> dict:
-    return asyncio.run(_run(url, prompt, **kwargs))
+    from support.story_server import run_story
+
+    return run_story(url, prompt, timeout=600, **kwargs)
 
 
 def reset_counters(url: str) -> None:
@@ -198,7 +165,6 @@ def server(tmp_path_factory):
 
 def lora_weights() -> int:
     """How many UNet weights StoryMaker's LoRA patches in the random file (one merge each, once per story)."""
-    from support.random_comfy import STORYMAKER  # noqa: F401  (the file the server loads)
     from storymaker_core.layout import unet_attention_layers_from_state_dict
     from support.comfyui import small_sdxl
 
