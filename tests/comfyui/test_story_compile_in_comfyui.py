@@ -253,7 +253,7 @@ def test_compiled_story_images_equal_eager_ones(rendered):
     from support import measured
 
     tensors = rendered["base"] / "output" / "tensors"
-    latents = {name: torch.load(tensors / f"{name}-latents.pt") for name in ("eager", "compiled")}
+    latents = {name: torch.load(tensors / f"{name}-latents.pt", weights_only=True) for name in ("eager", "compiled")}
     assert len(latents["eager"]) == len(latents["compiled"]) == len(FILES)
     errors = [float((c - e).norm() / e.norm()) for c, e in zip(latents["compiled"], latents["eager"])]
     print("relative error of the compiled latents per scene:", [f"{x:.1e}" for x in errors])
@@ -261,7 +261,7 @@ def test_compiled_story_images_equal_eager_ones(rendered):
     eager_latents = latents["eager"]
     assert all(float((a - b).norm() / b.norm()) > 0.05 for a, b in zip(eager_latents, eager_latents[1:])), \
         "consecutive scenes should differ (the comparison is not between equal scenes)"
-    eager, compiled = (torch.load(tensors / f"{name}.pt") for name in ("eager", "compiled"))
+    eager, compiled = (torch.load(tensors / f"{name}.pt", weights_only=True) for name in ("eager", "compiled"))
     inside = float(((eager > 0) & (eager < 1)).float().mean())
     print(f"pixels strictly inside (0, 1), not clipped by the random decoder: {inside:.1%}")
     assert eager.shape == compiled.shape == (len(FILES), 128, 128, 3)

@@ -58,7 +58,7 @@ def test_the_yaml_beside_main_py_adds_folders_in_comfyuis_order(comfyui, tmp_pat
                 models/ControlNet
                 extensions/cn/models
         first:
-            base_path: ../shared
+            base_path: ../other-disk
             is_default: true
             checkpoints: ckpts
             sams: sam_models
@@ -66,12 +66,12 @@ def test_the_yaml_beside_main_py_adds_folders_in_comfyuis_order(comfyui, tmp_pat
         """)
     paths = model_paths(comfyui)
     models = comfyui / "models"
-    disk, shared = tmp_path / "disk" / "a1111", tmp_path / "shared"
-    assert paths.dirs("checkpoints") == [shared / "ckpts", models / "checkpoints", disk / "models/Stable-diffusion",
+    disk, other_disk = tmp_path / "disk" / "a1111", tmp_path / "other-disk"
+    assert paths.dirs("checkpoints") == [other_disk / "ckpts", models / "checkpoints", disk / "models/Stable-diffusion",
                                          comfyui / "output" / "checkpoints"]
     assert paths.dirs("controlnet") == [models / "controlnet", models / "t2i_adapter", disk / "models/ControlNet",
                                         disk / "extensions/cn/models"]
-    assert paths.dirs("sams") == [shared / "sam_models", models / "sams"]  # this pack adds its folder after
+    assert paths.dirs("sams") == [other_disk / "sam_models", models / "sams"]  # this pack adds its folder after
     assert paths.configs == [comfyui / "extra_model_paths.yaml"]
 
 
