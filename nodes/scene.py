@@ -18,7 +18,7 @@ from comfy_api.latest import io
 from ..storymaker_core.encode import embeds_for_slots
 from ..storymaker_core.regions import region_mask
 from ..storymaker_core.story_graph import OUTPUT_FOLDER
-from .apply import add_image_branch, add_lora, one_region, unet_layers
+from .patching import add_image_branch, add_lora, one_region, unet_layers
 from .common import checked_floats
 from .v3_types import STORY_CATEGORY, Member, StoryMaker, finite
 

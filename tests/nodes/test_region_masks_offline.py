@@ -15,7 +15,7 @@ def region_masks():
     import sys
 
     our_node_classes()  # imports the pack as ComfyUI does (stand-in folder_paths offline)
-    return next(m for n, m in sys.modules.items() if n.endswith("nodes.apply") and hasattr(m, "region_masks")).region_masks
+    return next(m for n, m in sys.modules.items() if n.endswith("nodes.patching") and hasattr(m, "region_masks")).region_masks
 
 
 def test_a_faint_mask_is_refused_naming_it(region_masks):
