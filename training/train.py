@@ -276,8 +276,17 @@ class Trainer:
         if last_saved is None or not last_saved.name.endswith(f"{self.progress.global_step:06d}"):
             last_saved = self.save_checkpoint()
         summary = self.finish(last_saved, time.time() - started)
-        acc.end_training()
+        self.release_process_group()
         return summary
+
+    def release_process_group(self) -> None:
+        """Drop the DDP wrapper, optimizer and scheduler, then destroy the process group. DDP keeps its own
+        reference to the group, so with the wrapper alive `destroy_process_group` only unregisters it and the
+        group is torn down during interpreter exit, where gloo's threads can abort a finished run
+        ("terminate called without an active exception", exit -6)."""
+        self.model = self.optimizer = self.lr_scheduler = None
+        self.accelerator.free_memory()  # its own references to them, then gc
+        self.accelerator.end_training()
 
     def finish(self, checkpoint: Path, seconds: float) -> dict:
         """Export the final file and check that every process holds the same weights."""
