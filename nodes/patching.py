@@ -7,7 +7,15 @@ import logging
 
 import torch
 
-from ..storymaker_core.compiled import build_plan, chain_of, layer_calls, layer_order, published
+from ..storymaker_core.compiled import (
+    CallCheck,
+    build_plan,
+    call_shape,
+    chain_of,
+    forget_compiled_code,
+    layer_order,
+    published,
+)
 from ..storymaker_core.attention import REGION_THRESHOLD
 from ..storymaker_core.patch import ImageBranchSettings, LayerPatch, StoryMakerAttention, roles_of_cond_lists
 
@@ -80,12 +88,27 @@ def _is_compiled(base_model, transformer_options) -> bool:
 class CompiledCalls:
     """APPLY_MODEL wrapper: for a compiled UNet, builds the call's plan outside the compiled region and
     publishes it (storymaker_core.compiled), adds a kwarg to the UNet call so that a UNet graph traced for the
-    model without StoryMaker fails its guard, and checks afterwards that every layer ran the compiled patch
-    exactly once. Eager calls pass through untouched."""
+    model without StoryMaker fails its guard, and checks that every layer ran the compiled patch exactly once
+    (`CallCheck`: no host read per call). Eager calls pass through untouched."""
 
     def __init__(self, shared: StoryMakerAttention, patches: dict):
         self.shared, self.patches, self.warned = shared, patches, False
         self.keys = layer_order(patches)
+        self.check = CallCheck()
+
+    def outer_sample(self, executor, *args, **kwargs):
+        previous = self.check.start_sampling()
+        try:
+            out = executor(*args, **kwargs)
+        except BaseException:
+            self.check.end_sampling(previous)
+            raise
+        missed = self.check.end_sampling(previous)
+        if missed:
+            raise RuntimeError(f"Apply StoryMaker: the compiled UNet skipped or repeated StoryMaker's layers {missed} "
+                               "times during this sampling, so its image would be wrong. Something else changes which "
+                               "attn2 layers run; remove TorchCompileModel (or that node) for this model.")
+        return out
 
     def apply_model(self, executor, x, t, c_concat=None, c_crossattn=None, control=None, transformer_options={},
                     **kwargs):
@@ -95,19 +118,28 @@ class CompiledCalls:
         plan = build_plan(self.shared, self.keys, transformer_options.get("cond_or_uncond"), x.shape[0],
                           transformer_options.get("sigmas"), x.shape[-2:], x.device,
                           executor.class_obj.get_dtype_inference(), [self.patches[key].previous for key in self.keys])
+        shape = call_shape(plan, x, c_concat, c_crossattn, *kwargs.values())
+        if not self.check.needs_read(shape):
+            with published(plan):
+                out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs,
+                               **{COMPILED_KWARG: True})
+            self.check.add_unread(plan)
+            return out
         for attempt in (0, 1):
             with published(plan):
                 out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs,
                                **{COMPILED_KWARG: True})
-                calls = layer_calls(plan)
+            calls = self.check.read(plan, shape)
             if calls == plan["layers"]:
                 return out
             if attempt == 0:
                 # Graphs traced without StoryMaker (or for another patch chain) ran some blocks: with ComfyUI's
-                # guard filter nothing tells them apart, so drop dynamo's compiled code and trace again.
+                # guard filter nothing tells them apart, so drop the UNet's compiled code and trace again.
+                unet = executor.class_obj.diffusion_model
+                forgotten = forget_compiled_code(getattr(unet, "_orig_mod", unet))
                 logger.info("Apply StoryMaker: the compiled UNet ran %d of %d StoryMaker layers (graphs traced "
-                            "without StoryMaker were reused); recompiling.", calls, plan["layers"])
-                torch._dynamo.reset()
+                            "without StoryMaker were reused); recompiling its %d frames.", calls, plan["layers"],
+                            forgotten)
         raise RuntimeError(f"Apply StoryMaker: the compiled UNet ran StoryMaker's layers {calls} times for "
                            f"{plan['layers']} layers, so its image would be wrong. Something else changes which "
                            "attn2 layers run; remove TorchCompileModel (or that node) for this model.")
@@ -139,6 +171,7 @@ class CompiledCalls:
         from comfy.patcher_extension import WrappersMP
 
         patcher.add_wrapper_with_key(WrappersMP.APPLY_MODEL, "storymaker", self.apply_model)
+        patcher.add_wrapper_with_key(WrappersMP.OUTER_SAMPLE, "storymaker", self.outer_sample)
 
 
 def region_masks(masks, num_characters):

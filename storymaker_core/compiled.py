@@ -11,7 +11,9 @@ each compiled call, the host builds a *plan* (tensors and a few constants, see `
 compiled region and publishes it in this module's `_PLAN` slot, which dynamo does guard. The layer is
 found by a call counter (a 0-dim tensor each patch call reads and increments in the graph: the UNet calls its
 attn2 layers in a fixed order), so every block graph reads the right layer's image K/V, and the host checks
-after the call that every layer ran exactly once. Everything call-dependent is a graph input read on every
+that every layer ran exactly once (`CallCheck`: read back once per new call shape and once per sampling, not
+per call). The counter is one tensor per device for the whole process, marked as a static input: its in-graph
+increments are then the only input mutation, and one that CUDA graphs (`mode="reduce-overhead"`) record. Everything call-dependent is a graph input read on every
 call (image K/V, the role of each batch row, the scale as a 0-dim tensor: ip_scale and start/end never
 recompile); a plan of another shape (character count, masks, batch) fails a guard and recompiles.
 See docs/compile.md.
@@ -20,11 +22,15 @@ See docs/compile.md.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import os
 from typing import Callable, Optional, Sequence
 
+import torch
 from torch import Tensor
 
 _PLAN: dict = {}  # the plan of the compiled model call in progress; empty outside one
+_COUNTERS: dict = {}  # device -> the layer-call counter every plan on that device shares
 
 NO_PLAN = ("StoryMaker's attention patch is being compiled, but no StoryMaker plan was published for this call: "
            "the UNet was compiled by something other than ComfyUI's torch.compile wrapper (TorchCompileModel), "
@@ -95,7 +101,7 @@ def build_plan(shared, keys: Sequence[tuple], layout: Optional[Sequence[int]], b
         raise ValueError(f"batch of {batch} cannot be split into chunks {layout}")
     roles = shared.chunk_roles({"cond_or_uncond": layout})
     k_all, v_all = shared.layer_stack(tuple(keys), device, dtype)
-    plan = {"k": k_all, "v": v_all, "counter": shared.call_counter(device), "layers": len(keys),
+    plan = {"k": k_all, "v": v_all, "counter": layer_counter(device), "layers": len(keys),
             "rows": shared.row_roles(roles, batch // len(layout), device),
             "scale": shared.scale_tensor(shared.is_active({"sigmas": sigmas}), device),
             "masked": bool(shared.settings.region_masks)}
@@ -104,6 +110,90 @@ def build_plan(shared, keys: Sequence[tuple], layout: Optional[Sequence[int]], b
         for h, w in resolutions(latent_hw):
             plan[("bias", h * w)] = shared.bias_for(h, w, device, dtype)
     return plan
+
+
+def layer_counter(device) -> Tensor:
+    """The 0-dim long tensor compiled layer calls count themselves in: one per device for the process (one
+    compiled call runs at a time, see `published`), marked as a static input. Inductor's CUDA-graph trees
+    (`mode="reduce-overhead"`) replay a graph that mutates a static input, but run a graph that mutates any
+    other input without CUDA graphs; and a tensor of its own per Apply would be a new static address (a
+    recompile) per scene."""
+    import torch._dynamo
+
+    key = str(torch.device(device))
+    if key not in _COUNTERS:
+        counter = torch.zeros((), dtype=torch.long, device=device)
+        torch._dynamo.mark_static_address(counter)
+        _COUNTERS[key] = counter
+    return _COUNTERS[key]
+
+
+def call_shape(plan: dict, *tensors) -> tuple:
+    """What decides which compiled graphs a call runs: the shapes, dtypes and devices of the UNet's inputs and
+    of the plan, and the plan's constants. Graphs reused by mistake show on the first call of each shape."""
+    described = [(tuple(t.shape), t.dtype, str(t.device)) for t in tensors if isinstance(t, Tensor)]
+    return (tuple(described), tuple(plan["k"].shape), tuple(plan["rows"].shape), plan["masked"], plan["chain"],
+            str(plan["k"].dtype))
+
+
+class CallCheck:
+    """Checks that every compiled call ran all StoryMaker layers, with few host reads: the first call of each
+    call shape in a sampling is read back at once (graphs traced without StoryMaker could run it, and the
+    host can still recompile and call again); the others add their miss to a device tensor, read once when
+    the sampling ends. Outside a sampling every call is read at once."""
+
+    def __init__(self):
+        self.sampling, self.seen, self.missed = False, set(), None
+
+    def start_sampling(self) -> tuple:
+        previous = (self.sampling, self.seen, self.missed)
+        self.sampling, self.seen, self.missed = True, set(), None
+        return previous
+
+    def end_sampling(self, previous: tuple) -> int:
+        """Layers missed by the sampling's unread calls (one host read), and the state before it."""
+        missed = 0 if self.missed is None else int(self.missed)
+        self.sampling, self.seen, self.missed = previous
+        return missed
+
+    def needs_read(self, shape: tuple) -> bool:
+        return not self.sampling or shape not in self.seen
+
+    def read(self, plan: dict, shape: tuple) -> int:
+        """Layer calls of the call just made (one host read); a complete call marks its shape as seen."""
+        calls = layer_calls(plan)
+        if calls == plan["layers"]:
+            self.seen.add(shape)
+        return calls
+
+    def add_unread(self, plan: dict) -> None:
+        """Count the call just made, if incomplete, on the device (no host read)."""
+        miss = (plan["counter"] - plan["layers"]).abs()
+        self.missed = miss if self.missed is None else self.missed + miss
+
+
+def forget_compiled_code(module: torch.nn.Module) -> int:
+    """Drop dynamo's compiled code for the frames of `module`'s own classes (their source files, and the resume
+    functions dynamo made from them), not the whole process's as `torch._dynamo.reset()` would: other compiled
+    models keep theirs (models built from the same classes, which share the code objects, recompile once).
+    Returns how many code objects lost their compiled code."""
+    from torch._dynamo import convert_frame
+
+    torch_dir = os.path.dirname(torch.__file__)
+    files = set()
+    for m in module.modules():
+        try:
+            source = inspect.getsourcefile(type(m))
+        except TypeError:  # a class defined in C
+            continue
+        if source and not source.startswith(torch_dir):
+            files.add(source)
+    with convert_frame.compile_lock:
+        codes = {code for code in (ref() for ref in convert_frame.input_codes.seen)
+                 if code is not None and code.co_filename in files}
+        for code in codes:
+            torch._dynamo.reset_code(code)
+    return len(codes)
 
 
 def count_eager_call() -> None:

@@ -129,7 +129,7 @@ class StoryMakerAttention:
         self._batched: dict = {}  # (key, device, dtype, layout, batch) -> (ip_k, ip_v) [B, L, hidden]
         self._bias: dict = {}  # (h, w, device, dtype) -> [1, h*w, L] or None
         self._stacked: dict = {}  # (keys, device, dtype) -> (ip_k, ip_v) [layers, 2, L, hidden]: compiled calls
-        self._small: dict = {}  # row-role index, scale and call-counter tensors of compiled calls
+        self._small: dict = {}  # row-role index and scale tensors of compiled calls
         self._step_sigmas, self._step_active = None, True
         self.cond_list_roles: Optional[tuple] = None  # role per cond list of the model call in progress (host)
 
@@ -209,13 +209,6 @@ class StoryMakerAttention:
                         stack[i, role, :, :t.shape[-1]] = t[0]
             self._stacked[cache_key] = stacks
         return self._stacked[cache_key]
-
-    def call_counter(self, device) -> Tensor:
-        """The 0-dim long tensor compiled layer calls count themselves in."""
-        cache_key = ("counter", str(device))
-        if cache_key not in self._small:
-            self._small[cache_key] = torch.zeros((), dtype=torch.long, device=device)
-        return self._small[cache_key]
 
     def row_roles(self, roles: Sequence[int], per_chunk: int, device) -> Tensor:
         """`[len(roles) * per_chunk]` long: the role of each batch row (chunks in order)."""
