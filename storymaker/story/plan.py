@@ -201,11 +201,38 @@ def _plan_identity(member, key: str, parts: dict, character_nodes: list[str], tp
     values.update({slot: member.identity for slot in slots})
 
 
+STORYMAKER_PATCHES = ("StoryMakerApply", "StoryMakerApplyScene", "StoryMakerStory")  # nodes that patch attn2
+
+
+def _compiles(prompt: dict) -> bool:
+    """Does the prompt compile its model (ComfyUI's TorchCompileModel, or another pack's TorchCompile* node)?"""
+    return any("torchcompile" in str(node.get("class_type", "")).lower() for node in prompt.values())
+
+
+def _compiled_plain_problem(plans: list) -> str | None:
+    """Scenes without StoryMaker on a compiled UNet that StoryMaker's scenes also run: TorchCompileModel drops
+    the guards on transformer_options, so once the compiled UNet ran with attention patches, a plain call
+    reads the missing patches and fails mid-story (KeyError 'patches_replace')."""
+    compiled = [p for p in plans if p is not None and _compiles(p.prompt)]
+    plain = [p for p in compiled if not any(n.get("class_type") in STORYMAKER_PATCHES for n in p.prompt.values())]
+    if not plain or len(plain) == len(compiled):
+        return None
+    ids = ", ".join(p.id for p in plain[:8]) + (", ..." if len(plain) > 8 else "")
+    templates = sorted({Path(p.scene.workflow.path).name for p in plain})
+    return (f"scenes {ids} run the model through TorchCompileModel without StoryMaker ({', '.join(templates)}) "
+            f"while other scenes run the compiled model with it: a compiled UNet that ran with StoryMaker's attention "
+            f"patches cannot run plain afterwards (it fails mid-story with KeyError 'patches_replace'). Remove "
+            f"TorchCompileModel from {templates[0]}, or from every template.")
+
+
 def plan_story(story: Story) -> list[ScenePlan]:
     """Plan every scene, or raise ``StoryFileError`` listing every binding/character problem."""
     planner = _Planner(story)
     digits = max(2, len(str(len(story.scenes))))
     plans = [planner.plan(scene, digits) for scene in story.scenes]
+    compiled_plain = _compiled_plain_problem(plans)
+    if compiled_plain:
+        planner.problems.append(compiled_plain)
     if planner.problems:
         raise StoryFileError(story.path, list(dict.fromkeys(planner.problems)))
     return [p for p in plans if p is not None]

@@ -11,6 +11,7 @@ import yaml
 from PIL import Image
 
 from storymaker.story import load_story, plan_story
+from storymaker.story.errors import StoryFileError
 from storymaker.story.vistorybench.cli import main
 from storymaker.story.vistorybench.convert import ConvertOptions, convert_dataset
 from storymaker.story.vistorybench.dataset import LITE_STORY_IDS, DatasetError, load_dataset, load_story as load_vistory
@@ -381,3 +382,33 @@ def test_a_character_without_references_is_described_but_gets_no_slot(tmp_path):
     assert f"Ben is {CHARACTERS_01['Ben']['prompt_en']}" in scene.prompt
     assert any("'Ben' has no reference image in image/Ben/" in p for p in summary.problems)
     assert any("shot 05/1: 'Ben' has no reference image" in p for p in summary.problems)
+
+
+def _with_torch_compile(template: Path, out: Path) -> Path:
+    """The API template with ComfyUI's TorchCompileModel between the checkpoint loader and every model input."""
+    prompt = json.loads(template.read_text())
+    loader = next(k for k, n in prompt.items() if n["class_type"] == "CheckpointLoaderSimple")
+    for node in prompt.values():
+        for name, value in node["inputs"].items():
+            if value == [loader, 0]:
+                node["inputs"][name] = ["compile", 0]
+    prompt["compile"] = {"class_type": "TorchCompileModel", "inputs": {"model": [loader, 0], "backend": "inductor"},
+                         "_meta": {"title": "TorchCompileModel"}}
+    out.write_text(json.dumps(prompt))
+    return out
+
+
+def test_no_character_shots_on_a_compiled_storymaker_model_are_refused_before_sampling(dataset, tmp_path):
+    """A compiled UNet that ran StoryMaker's scenes cannot run plain (KeyError 'patches_replace' mid-story under
+    TorchCompileModel): such a story is refused when it is planned, naming the scenes and the template."""
+    plain = _with_torch_compile(API / "story-template-no-character.api.json", tmp_path / "plain-compiled.api.json")
+    one = _with_torch_compile(API / "story-template-one-character-sam.api.json", tmp_path / "one-compiled.api.json")
+    convert_dataset(dataset, tmp_path / "both", ConvertOptions(stories=["01"], templates={0: plain, 1: one}))
+    with pytest.raises(StoryFileError) as error:
+        plan_story(load_story(tmp_path / "both" / "01" / "story.yaml"))
+    problem = next(p for p in error.value.problems if "TorchCompileModel" in p)
+    assert "scenes 1, 6 run" in problem and "KeyError 'patches_replace'" in problem
+    assert "Remove TorchCompileModel from plain-compiled.api.json" in problem
+    # the StoryMaker scenes compiled and the plain ones not: nothing is shared, the story plans
+    convert_dataset(dataset, tmp_path / "one", ConvertOptions(stories=["01"], templates={1: one}))
+    assert len(plan_story(load_story(tmp_path / "one" / "01" / "story.yaml"))) == 7
