@@ -37,7 +37,16 @@ def setup():
     return pack, model, adapter, embeds, conds, noise
 
 
-def sample(setup, patcher, guider="cfg"):
+def apply_node(pack):
+    """Apply StoryMaker's function: (model, storymaker, embeds, ip_scale, lora_scale, start_at, end_at, **masks)
+    -> (MODEL,), whichever node API the pack's Apply uses."""
+    node = pack.nodes.apply.StoryMakerApply
+    if hasattr(node, "define_schema"):
+        return lambda *args, **kwargs: tuple(node.execute(*args, **kwargs).result)
+    return node().apply
+
+
+def sample(setup, patcher, guider="cfg", noise=None):
     """3 euler steps at cfg 5 through ComfyUI's samplers (all wrappers included). The compiled image branch runs
     on SDPA where eager runs ComfyUI's CPU sub-quadratic kernel (it breaks dynamo's graph): ~1e-7 apart per
     call, which a schedule ending at small sigmas amplifies past 1e-3 under DualCFG/PerpNeg even between two
@@ -46,7 +55,8 @@ def sample(setup, patcher, guider="cfg"):
     import comfy.samplers
     from support.comfyui import guider as make_guider
 
-    pack, model, adapter, embeds, (positive, negative, middle), noise = setup
+    pack, model, adapter, embeds, (positive, negative, middle), setup_noise = setup
+    noise = setup_noise if noise is None else noise
     latent = torch.zeros_like(noise)
     with torch.no_grad():
         if guider == "cfg":
@@ -79,7 +89,7 @@ def runs(request, setup):
 
     backend = request.param
     pack, model, adapter, embeds, conds, noise = setup
-    apply = pack.nodes.apply.StoryMakerApply().apply
+    apply = apply_node(pack)
     compile_ = lambda m: TorchCompileModel.execute(m, backend)[0]  # noqa: E731
     results, counts = {}, {}
 
@@ -157,9 +167,95 @@ def test_chaining_another_pack_under_compile_is_warned_about(setup, caplog):
     pack, model, adapter, embeds, conds, noise = setup
     base = model.clone()
     base.set_model_attn2_replace(lambda q, k, v, extra_options: q, "middle", 0, 0)
-    patched = pack.nodes.apply.StoryMakerApply().apply(base, adapter, embeds[2], 0.8, 0.0, 0.0, 1.0)[0]
+    patched = apply_node(pack)(base, adapter, embeds[2], 0.8, 0.0, 0.0, 1.0)[0]
     wrapper = patched.get_wrappers("apply_model", "storymaker")[0].__self__
     with caplog.at_level("WARNING"):
         wrapper._check_chains()
         wrapper._check_chains()
     assert caplog.text.count("another pack's attn2 patch") == 1 and "do not compile this model" in caplog.text.lower()
+
+
+def cache_entries() -> dict:
+    """Compiled entries per frame dynamo has seen: `name (file:line)` -> count."""
+    from torch._dynamo import convert_frame
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    codes = [code for code in (ref() for ref in convert_frame.input_codes.seen) if code is not None]
+    return {f"{code.co_name} ({Path(code.co_filename).name}:{code.co_firstlineno})": len(_debug_get_cache_entry_list(code))
+            for code in codes if _debug_get_cache_entry_list(code)}
+
+
+@pytest.fixture(scope="module")
+def shape_runs(setup):
+    """Shapes that change inside one compiled workflow (aot_eager): batch 2, cond and uncond in separate calls
+    (what ComfyUI does when free memory is short), a second resolution with region masks (hires fix); then,
+    from a fresh dynamo, 1/2/3 characters with and without masks on one compiled model. Counts host reads of
+    the layer counter, and dynamo's compiled entries per frame after the character runs."""
+    import importlib
+
+    import comfy.model_patcher
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    pack, model, adapter, embeds, conds, noise = setup
+    compiled_module = importlib.import_module(f"{pack.__name__}.storymaker_core.compiled")  # the pack's own copy
+    apply = apply_node(pack)
+    g = torch.Generator().manual_seed(5)
+    cast = {n: StoryMakerEmbeds(cond=torch.randn(n + 1, 20, 2048, generator=g),
+                                uncond=torch.randn(n + 1, 20, 2048, generator=g), names=[str(i) for i in range(n)])
+            for n in (1, 2, 3)}
+    reads, real_read = [], compiled_module.layer_calls
+    results, reads_per_run = {}, {}
+
+    def run(name, patched, noise_=None, short_memory=False):
+        compiled = TorchCompileModel.execute(patched, "aot_eager")[0]
+        original = comfy.model_patcher.ModelPatcher.get_free_memory
+        if short_memory:  # every cond list gets a UNet call of its own
+            comfy.model_patcher.ModelPatcher.get_free_memory = lambda self, device: 0
+        try:
+            before = len(reads)
+            results[name] = (sample(setup, compiled, noise=noise_), sample(setup, patched, noise=noise_))
+            reads_per_run[name] = len(reads) - before
+        finally:
+            comfy.model_patcher.ModelPatcher.get_free_memory = original
+
+    compiled_module.layer_calls = lambda plan: reads.append(1) or real_read(plan)
+    try:
+        torch._dynamo.reset()
+        two = apply(model, adapter, embeds[2], 0.8, 0.7, 0.0, 1.0, **masks(2))[0]
+        run("first compile", two)
+        run("batch 2", two, noise_=torch.randn(2, 4, 16, 16, generator=g))
+        run("cond and uncond in separate calls", two, short_memory=True)
+        run("hires: 24x24 latent with masks", two, noise_=torch.randn(1, 4, 24, 24, generator=g))
+        torch._dynamo.reset()
+        for n in (1, 2, 3):
+            for with_masks in (False, True):
+                run(f"{n} character(s), masks {with_masks}",
+                    apply(model, adapter, cast[n], 0.8, 0.7, 0.0, 1.0, **(masks(n) if with_masks else {}))[0])
+        entries = cache_entries()
+    finally:
+        compiled_module.layer_calls = real_read
+    return results, reads_per_run, entries
+
+
+def test_shape_changes_under_compile_render_the_eager_image(shape_runs):
+    results, reads, entries = shape_runs
+    for name, (compiled, eager) in results.items():
+        measured(f"aot_eager, {name}: compiled vs eager patched", relative_error(compiled, eager), 1e-4)
+
+
+def test_the_layer_counter_is_read_once_per_new_call_shape_not_per_step(shape_runs):
+    """3 steps = 3 UNet calls (6 with cond and uncond apart): the counter is read back for the first call of
+    each call shape of a sampling only (the rest is checked on the device and read once at its end)."""
+    results, reads, entries = shape_runs
+    assert reads["first compile"] == 1 and reads["batch 2"] == 1, reads
+    assert reads["cond and uncond in separate calls"] == 1, reads  # both calls have the same shape (batch 1)
+    assert all(count == 1 for count in reads.values()), reads
+
+
+def test_characters_and_masks_stay_under_dynamos_recompile_limit(shape_runs):
+    """1/2/3 characters with and without masks on one compiled model: every frame keeps fewer compiled entries
+    than dynamo's recompile limit (past it, dynamo runs the frame eagerly for good, silently losing the speed)."""
+    results, reads, entries = shape_runs
+    limit = torch._dynamo.config.recompile_limit
+    print("compiled entries per frame after 1/2/3 characters x masks:", entries)
+    assert max(entries.values()) < limit, (entries, limit)
