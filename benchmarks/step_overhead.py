@@ -63,6 +63,7 @@ def build(args):
     import torch
 
     from support.comfyui import import_comfyui, load_pack, small_sdxl
+    from support.v3 import node_function
 
     import_comfyui(Path(args.comfyui), cpu=not torch.cuda.is_available())
     import comfy.model_management
@@ -82,7 +83,7 @@ def build(args):
     state = {"image_proj_model": seeded_weights(expected_image_proj_shapes(tiny_resampler_config(cross_attention_dim=2048)), 1),
              "ip_adapter": seeded_weights(expected_ip_adapter_shapes(layers, 128), 2, scale=0.01)}
     adapter = StoryMakerAdapter(storymaker_weights_from_state_dict(state, "random", dim_head=16))
-    apply = load_pack().nodes.apply.StoryMakerApply()
+    apply = node_function(load_pack().nodes.apply.StoryMakerApply)
     g = torch.Generator().manual_seed(0)
     h = w = args.res // 8
     base = patcher
@@ -101,7 +102,7 @@ def build(args):
                 m = torch.zeros(1, args.res, args.res)
                 m[:, :, i * args.res // n:(i + 1) * args.res // n] = 1
                 masks[f"mask_{i + 1}"] = m
-        (clone,) = apply.apply(base, adapter, embeds, 0.8, 0.8, 0.0, 1.0, **masks)
+        (clone,) = apply(base, adapter, embeds, 0.8, 0.8, 0.0, 1.0, **masks)
         variants[f"{n} char" + (" + masks" if masked else "")] = clone
     loaded = variants["1 char"]
     comfy.model_management.load_models_gpu([loaded])  # LoRA merged once; all variants share these weights

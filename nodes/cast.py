@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..storymaker_core.cast import Cast, make_cast
 from ..storymaker_core.encode import character_tokens
-from .encode import with_clip_features
+from .encode_ops import with_clip_features
 from .v3_types import STORY_CATEGORY, Cast as CastType, Character, Member, StoryMaker
 
 MAX_CAST = 16
@@ -28,7 +28,9 @@ class EncodedMember:
 class StoryMakerCast(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        template = io.Autogrow.TemplateNames(Character.Input("character"), names=CAST_SLOTS, min=1)
+        template = io.Autogrow.TemplateNames(
+            Character.Input("character", tooltip="a cast member (its own name is the script's [name])"),
+            names=CAST_SLOTS, min=1)
         return io.Schema(
             node_id="StoryMakerCast", display_name="StoryMaker Cast", category=STORY_CATEGORY,
             description="Gathers the characters a story script calls by name ([ava], [ben]); each is encoded once "
@@ -73,12 +75,15 @@ class StoryMakerEncodeMember(io.ComfyNode):
             node_id="StoryMakerEncodeMember", display_name="StoryMaker Encode Cast Member", category=STORY_CATEGORY,
             description="Used inside a StoryMaker Story: one character's image tokens, encoded once per run.",
             inputs=[
-                StoryMaker.Input("storymaker"),
-                io.Boolean.Input("face_only", default=False),
-                Character.Input("character", optional=True),
-                io.ClipVision.Input("clip_vision", optional=True),
-                CastType.Input("cast", optional=True),
-                io.String.Input("name", default="", optional=True),
+                StoryMaker.Input("storymaker", tooltip="Load StoryMaker: its resampler makes the tokens"),
+                io.Boolean.Input("face_only", default=False,
+                                 tooltip="keep the face, let the prompt decide clothing and body (the cast's "
+                                         "face_only)"),
+                Character.Input("character", optional=True, tooltip="the member's own character node"),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="CLIP-ViT-H-14-laion2B; not needed for a saved character"),
+                CastType.Input("cast", optional=True, tooltip="the cast, with name: when no character is connected"),
+                io.String.Input("name", default="", optional=True, tooltip="the member's name in the cast"),
             ],
             outputs=[Member.Output(display_name="member")],
         )

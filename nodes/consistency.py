@@ -18,8 +18,8 @@ from comfy_api.latest import io, ui
 from ..storymaker.evaluate.embedders import FaceEmbedder
 from ..storymaker.evaluate.panels import (APPEARANCE, DEFAULT_CLIP_THRESHOLD, DEFAULT_FACE_THRESHOLD, FACE,
                                           cast_identities, identity_mode, on_stage_names, score_panels)
-from .common import checked_floats, images_to_numpy, numpy_to_images, progress_bar
-from .v3_types import STORY_CATEGORY, Cast, InsightFace, Story, finite
+from .common import checked_floats, finite, images_to_numpy, numpy_to_images, progress_bar
+from .v3_types import STORY_CATEGORY, Cast, InsightFace, Story
 
 
 class ComfyClipEmbedder:

@@ -19,8 +19,8 @@ from ..storymaker_core.encode import embeds_for_slots
 from ..storymaker_core.regions import region_mask
 from ..storymaker_core.story_graph import OUTPUT_FOLDER
 from .patching import add_image_branch, add_lora, one_region, unet_layers
-from .common import checked_floats
-from .v3_types import STORY_CATEGORY, Member, StoryMaker, finite
+from .common import checked_floats, finite
+from .v3_types import STORY_CATEGORY, Member, StoryMaker
 
 logger = logging.getLogger(__name__)
 SLOTS = (1, 2, 3)
@@ -33,8 +33,10 @@ class StoryMakerApplyLoRA(io.ComfyNode):
             node_id="StoryMakerApplyLoRA", display_name="Apply StoryMaker LoRA", category=STORY_CATEGORY,
             description="StoryMaker's LoRA alone, for graphs that apply it once and vary only the characters per "
                         "scene (Apply StoryMaker Scene).",
-            inputs=[io.Model.Input("model"), StoryMaker.Input("storymaker"),
-                    io.Float.Input("lora_scale", default=0.8, min=0.0, max=2.0, step=0.05)],
+            inputs=[io.Model.Input("model", tooltip="an SDXL model"),
+                    StoryMaker.Input("storymaker", tooltip="Load StoryMaker: its LoRA"),
+                    io.Float.Input("lora_scale", default=0.8, min=0.0, max=2.0, step=0.05,
+                                   tooltip="strength of StoryMaker's LoRA (release: 0.8)")],
             outputs=[io.Model.Output()],
         )
 
@@ -74,18 +76,24 @@ class StoryMakerApplyScene(io.ComfyNode):
                         "(member_1 = leftmost); none = the background tokens alone.",
             inputs=[
                 io.Model.Input("model", tooltip="a model that went through Apply StoryMaker LoRA"),
-                StoryMaker.Input("storymaker"),
+                StoryMaker.Input("storymaker", tooltip="Load StoryMaker: its resampler and image-branch weights"),
                 io.String.Input("layout", default="",
                                 tooltip="one region per member, comma-separated: full, left, right, left-third, "
                                         "middle-third, right-third, top, bottom, A-B (span of the width) or maskN"),
-                io.Float.Input("ip_scale", default=0.8, min=0.0, max=2.0, step=0.05),
-                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01),
-                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("ip_scale", default=0.8, min=0.0, max=2.0, step=0.05,
+                               tooltip="strength of the characters' image tokens (release: 0.8)"),
+                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="fraction of the sampling steps at which the image tokens start to act"),
+                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="fraction of the sampling steps after which the image tokens stop"),
                 io.Int.Input("width", default=1024, min=64, max=8192, step=8, tooltip="the image size the regions "
                                                                                      "are drawn for"),
-                io.Int.Input("height", default=1024, min=64, max=8192, step=8),
-                *[Member.Input(f"member_{i}", optional=True) for i in SLOTS],
-                *[io.Mask.Input(f"mask_{i}", optional=True) for i in SLOTS],
+                io.Int.Input("height", default=1024, min=64, max=8192, step=8,
+                             tooltip="the image size the regions are drawn for"),
+                *[Member.Input(f"member_{i}", optional=True, tooltip=f"the scene's character {i} (Encode Cast "
+                                                                     f"Member)") for i in SLOTS],
+                *[io.Mask.Input(f"mask_{i}", optional=True, tooltip=f"region of member {i} when its layout is "
+                                                                    f"mask{i}") for i in SLOTS],
             ],
             outputs=[io.Model.Output()],
         )
@@ -132,9 +140,11 @@ class StoryMakerSaveScene(io.ComfyNode):
             node_id="StoryMakerSaveScene", display_name="Save StoryMaker Scene", category=STORY_CATEGORY,
             description="Saves a story panel under a fixed name (a re-render replaces it), with the scene's line, "
                         "seed, cast and settings in the PNG beside ComfyUI's workflow.",
-            inputs=[io.Image.Input("images"),
-                    io.String.Input("file", default=f"{OUTPUT_FOLDER}/story/01-scene.png"),
-                    io.String.Input("metadata", default="{}", multiline=True)],
+            inputs=[io.Image.Input("images", tooltip="the panel (a batch: -b2, -b3, ... are added)"),
+                    io.String.Input("file", default=f"{OUTPUT_FOLDER}/story/01-scene.png",
+                                    tooltip=f"a .png inside the output folder's {OUTPUT_FOLDER}/ folder"),
+                    io.String.Input("metadata", default="{}", multiline=True,
+                                    tooltip="the scene's record (JSON), saved in the PNG")],
             outputs=[io.Image.Output()],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
@@ -169,7 +179,8 @@ class StoryMakerJoinImages(io.ComfyNode):
         return io.Schema(
             node_id="StoryMakerJoinImages", display_name="Join StoryMaker Panels", category=STORY_CATEGORY,
             description="Used inside a StoryMaker Story: appends one panel's images to the story's batch.",
-            inputs=[io.Image.Input("first"), io.Image.Input("second")],
+            inputs=[io.Image.Input("first", tooltip="the story's images so far"),
+                    io.Image.Input("second", tooltip="the next panel's images (same size)")],
             outputs=[io.Image.Output()],
         )
 

@@ -13,8 +13,8 @@ from ..storymaker_core.regions import region_mask
 from ..storymaker_core.script import parse_script
 from ..storymaker_core.story_graph import StoryLinks, StorySettings, build_story_graph
 from ..storymaker_core.story_render import StoryRender
-from .common import checked_floats
-from .v3_types import STORY_CATEGORY, Cast as CastType, Story, StoryMaker, finite
+from .common import checked_floats, finite
+from .v3_types import STORY_CATEGORY, Cast as CastType, Story, StoryMaker
 
 logger = logging.getLogger(__name__)
 MASK_SLOTS = [f"mask{i}" for i in range(1, 9)]
@@ -69,7 +69,9 @@ class StoryMakerStory(io.ComfyNode):
     def define_schema(cls):
         import comfy.samplers
 
-        masks = io.Autogrow.TemplateNames(io.Mask.Input("mask"), names=MASK_SLOTS, min=0)
+        masks = io.Autogrow.TemplateNames(
+            io.Mask.Input("mask", tooltip="a hand-drawn region: layout=maskN in a scene line uses it"),
+            names=MASK_SLOTS, min=0)
         return io.Schema(
             node_id="StoryMakerStory", display_name="StoryMaker Story", category=STORY_CATEGORY,
             description="A whole story from a script, one scene per line: '[ava, ben] walking in a park | seed=42'. "
@@ -77,29 +79,39 @@ class StoryMakerStory(io.ComfyNode):
                         "scenes are sampled again. Images are saved to output/storymaker/<story_name>/.",
             inputs=[
                 io.Model.Input("model", tooltip="an SDXL model (without Apply StoryMaker: the story applies it)"),
-                io.Clip.Input("clip"), io.Vae.Input("vae"), StoryMaker.Input("storymaker"), CastType.Input("cast"),
+                io.Clip.Input("clip", tooltip="the SDXL model's CLIP: encodes every scene's prompt"),
+                io.Vae.Input("vae", tooltip="the SDXL model's VAE: decodes every panel"),
+                StoryMaker.Input("storymaker", tooltip="Load StoryMaker"),
+                CastType.Input("cast", tooltip="StoryMaker Cast: the characters the script calls by name"),
                 io.String.Input("script", multiline=True, default=EXAMPLE,
                                 tooltip="one scene per line: [name] tags (up to 3, [NC] = nobody), then options "
                                         "after '|': seed=, candidates=, layout=, ip_scale= (docs/story-script.md)"),
                 io.String.Input("story_name", default="story", tooltip="folder under output/storymaker/"),
                 io.String.Input("style_prefix", default="", tooltip="put before every scene's prompt"),
                 io.String.Input("style_suffix", default="", tooltip="put after every scene's prompt"),
-                io.String.Input("negative", multiline=True, default="blurry, lowres, deformed, bad anatomy"),
-                io.Int.Input("width", default=1024, min=64, max=4096, step=8),
-                io.Int.Input("height", default=1024, min=64, max=4096, step=8),
+                io.String.Input("negative", multiline=True, default="blurry, lowres, deformed, bad anatomy",
+                                tooltip="the negative prompt of every scene"),
+                io.Int.Input("width", default=1024, min=64, max=4096, step=8, tooltip="panel width in pixels"),
+                io.Int.Input("height", default=1024, min=64, max=4096, step=8, tooltip="panel height in pixels"),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
                              tooltip="a scene's seed = this + a number from its own text (so moving lines keeps "
                                      "images); seed= in a line sets it"),
-                io.Int.Input("steps", default=30, min=1, max=10000),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01),
-                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler"),
-                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal"),
+                io.Int.Input("steps", default=30, min=1, max=10000, tooltip="sampling steps per panel"),
+                io.Float.Input("cfg", default=5.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="classifier-free guidance scale, as KSampler's"),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="euler",
+                               tooltip="ComfyUI's sampler, as KSampler's"),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="normal",
+                               tooltip="ComfyUI's scheduler, as KSampler's"),
                 io.Float.Input("ip_scale", default=0.8, min=0.0, max=2.0, step=0.05,
                                tooltip="strength of the characters' image tokens (release: 0.8); ip_scale= in a "
                                        "line overrides it"),
-                io.Float.Input("lora_scale", default=0.8, min=0.0, max=2.0, step=0.05),
-                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01),
-                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01),
+                io.Float.Input("lora_scale", default=0.8, min=0.0, max=2.0, step=0.05,
+                               tooltip="strength of StoryMaker's LoRA (release: 0.8)"),
+                io.Float.Input("start_at", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="fraction of the sampling steps at which the image tokens start to act"),
+                io.Float.Input("end_at", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="fraction of the sampling steps after which the image tokens stop"),
                 io.Autogrow.Input("masks", template=masks, optional=True,
                                   tooltip="regions drawn by hand: layout=mask1,mask2 in a line uses them"),
             ],

@@ -22,16 +22,17 @@ class StoryMakerStoryboard(io.ComfyNode):
             inputs=[
                 io.Image.Input("images", tooltip="the story's images (StoryMaker Story's images output)"),
                 Story.Input("story", tooltip="StoryMaker Story's story output (or the consistency node's)"),
-                io.Combo.Input("style", options=["grid", "comic"], default="grid"),
+                io.Combo.Input("style", options=["grid", "comic"], default="grid",
+                               tooltip="grid: rows of equal panels; comic: tiers of panels across the page"),
                 io.Int.Input("columns", default=3, min=1, max=16, tooltip="grid: panels per row"),
                 io.Int.Input("panel_width", default=384, min=64, max=2048, step=8, tooltip="grid: panel width"),
-                io.Int.Input("gutter", default=16, min=0, max=256),
+                io.Int.Input("gutter", default=16, min=0, max=256, tooltip="space between panels, in pixels"),
                 io.String.Input("order", default="", tooltip="empty = script order; else scene numbers such as "
                                                              "3,1,2 (scenes not listed are left out)"),
                 io.Boolean.Input("captions", default=True, tooltip="scene number and text under each panel"),
                 io.String.Input("rows", default="3,2", tooltip="comic: panels per tier, repeating (e.g. 2,3,1)"),
                 io.Int.Input("page_width", default=1536, min=256, max=8192, step=8, tooltip="comic: page width"),
-                io.Combo.Input("background", options=["dark", "light"], default="dark"),
+                io.Combo.Input("background", options=["dark", "light"], default="dark", tooltip="the page's colour"),
             ],
             outputs=[io.Image.Output(display_name="page")],
         )

@@ -13,6 +13,7 @@ from storymaker_core.encode import StoryMakerEmbeds
 from storymaker_core.layout import cross_attention_layers
 from storymaker_core.lora import merge_lora_into_state_dict
 from support import measured, relative_error
+from support.v3 import node_function, outputs, recorded_progress
 
 pytestmark = pytest.mark.comfyui
 
@@ -92,8 +93,8 @@ def reference_unet(layers, ip_adapter, embeds, layout, ip_scale, lora_scale, reg
 @pytest.mark.parametrize("layout", [[1, 0], [0], [0, 1], [0, 1, 2]])  # [0, 1, 2]: PerpNegGuider
 def test_patched_model_equals_the_reference(setup, layout):
     pack, model, layers, adapter, embeds, state = setup
-    apply = pack.nodes.apply.StoryMakerApply()
-    (patched,) = apply.apply(model, adapter, embeds, ip_scale=0.8, lora_scale=0.7, start_at=0.0, end_at=1.0)
+    apply = node_function(pack.nodes.apply.StoryMakerApply)
+    (patched,) = apply(model, adapter, embeds, ip_scale=0.8, lora_scale=0.7, start_at=0.0, end_at=1.0)
     g = torch.Generator().manual_seed(4)
     b = 2 * len(layout)
     x, context, y = torch.randn(b, 4, 16, 24, generator=g), torch.randn(b, 77, 2048, generator=g), torch.randn(b, 2816, generator=g)
@@ -113,7 +114,7 @@ def test_unpatched_model_is_unchanged_after_the_patched_clone_ran(setup):
     x, context, y = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 2048, generator=g), torch.randn(2, 2816, generator=g)
     sigma = torch.full((2,), 2.0)
     before = run(model, x, sigma, context, y, [1, 0])
-    (patched,) = pack.nodes.apply.StoryMakerApply().apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
+    (patched,) = outputs(pack.nodes.apply.StoryMakerApply, model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
     run(patched, x, sigma, context, y, [1, 0])
     after = run(model, x, sigma, context, y, [1, 0])
     assert torch.equal(before, after)
@@ -132,7 +133,7 @@ def test_all_seventy_keys_middle_included_and_existing_replace_chained(setup):
 
     base = model.clone()
     base.set_model_attn2_replace(other, "middle", 0, 3)
-    (patched,) = pack.nodes.apply.StoryMakerApply().apply(base, adapter, embeds, 0.8, 0.0, 0.0, 1.0)
+    (patched,) = outputs(pack.nodes.apply.StoryMakerApply, base, adapter, embeds, 0.8, 0.0, 0.0, 1.0)
     replaces = patched.model_options["transformer_options"]["patches_replace"]["attn2"]
     assert len(replaces) == 70 and ("middle", 0, 9) in replaces and ("middle", 1, 0) not in replaces
     settings = replaces[("input", 4, 0)].shared.settings
@@ -146,18 +147,33 @@ def test_all_seventy_keys_middle_included_and_existing_replace_chained(setup):
     assert seen == [("middle", 0)]
 
 
+def test_progress_reaches_the_editor_through_the_v3_api_and_floats_are_validated(setup, comfy):
+    """Run as node 12 of a prompt, the node's two steps (LoRA, image branch) reach ComfyUI's progress registry;
+    its validate_inputs reads the limits from the INPUT_TYPES() ComfyUI derives from the V3 schema."""
+    pack, model, layers, adapter, embeds, state = setup
+    node = pack.nodes.apply.StoryMakerApply
+    with recorded_progress(node_id="12") as updates:
+        outputs(node, model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
+    assert updates == [("12", 1, 2), ("12", 2, 2)]
+    outputs(node, model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)  # no prompt running: no progress, no error
+    assert node.INPUT_TYPES()["required"]["ip_scale"][1] | {"tooltip": ""} == {
+        "tooltip": "", "default": 0.8, "min": 0.0, "max": 2.0, "step": 0.05}
+    assert node.validate_inputs(ip_scale=0.8, lora_scale=0.8, start_at=0.0, end_at=1.0) is True
+    assert "end_at is inf" in node.validate_inputs(ip_scale=0.8, lora_scale=0.8, start_at=0.0, end_at=float("inf"))
+
+
 def test_clear_errors_for_wrong_models_and_inputs(setup, comfy):
     pack, model, layers, adapter, embeds, state = setup
-    apply = pack.nodes.apply.StoryMakerApply()
+    apply = node_function(pack.nodes.apply.StoryMakerApply)
     with pytest.raises(ValueError, match="start_at"):
-        apply.apply(model, adapter, embeds, 0.8, 0.8, 0.6, 0.5)
+        apply(model, adapter, embeds, 0.8, 0.8, 0.6, 0.5)
     with pytest.raises(ValueError, match="mask_3 is connected but the embeds hold only 2"):
-        apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_3=torch.ones(1, 8, 8))
+        apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_3=torch.ones(1, 8, 8))
     with pytest.raises(ValueError, match="mask_1 is empty"):
-        apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_1=torch.zeros(1, 8, 8))
+        apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_1=torch.zeros(1, 8, 8))
     with pytest.raises(ValueError, match=r"mask_2: expected a MASK \[H, W\] or \[B, H, W\], got shape \(1, 1, 1, 8, 8\)"):
-        apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_2=torch.ones(1, 1, 1, 8, 8))
-    (four_d,) = apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_1=torch.ones(1, 1, 8, 6))
+        apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_2=torch.ones(1, 1, 1, 8, 8))
+    (four_d,) = apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0, mask_1=torch.ones(1, 1, 8, 6))
     shared = next(iter(four_d.model_options["transformer_options"]["patches_replace"]["attn2"].values())).shared
     assert shared.settings.region_masks[0].shape == (8, 6) and shared.settings.region_masks[1] is None
     import comfy.model_patcher
@@ -174,7 +190,7 @@ def test_clear_errors_for_wrong_models_and_inputs(setup, comfy):
     cpu = torch.device("cpu")
     sd15_patcher = comfy.model_patcher.ModelPatcher(sd15.get_model({}), load_device=cpu, offload_device=cpu)
     with pytest.raises(Exception, match="SD1.5.*SDXL models only"):
-        apply.apply(sd15_patcher, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
+        apply(sd15_patcher, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
 
 
 def test_region_masks_inside_comfyui_equal_the_reference(setup):
@@ -182,7 +198,7 @@ def test_region_masks_inside_comfyui_equal_the_reference(setup):
     left = torch.zeros(128, 192)
     left[:, :96] = 1
     masks = [left, 1 - left]
-    (patched,) = pack.nodes.apply.StoryMakerApply().apply(model, adapter, embeds, 0.8, 0.7, 0.0, 1.0,
+    (patched,) = outputs(pack.nodes.apply.StoryMakerApply, model, adapter, embeds, 0.8, 0.7, 0.0, 1.0,
                                                           mask_1=left[None], mask_2=(1 - left)[None])
     g = torch.Generator().manual_seed(7)
     x, context, y = torch.randn(4, 4, 16, 24, generator=g), torch.randn(4, 77, 2048, generator=g), torch.randn(4, 2816, generator=g)
@@ -191,7 +207,7 @@ def test_region_masks_inside_comfyui_equal_the_reference(setup):
     reference_model = reference_unet(layers, state["ip_adapter"], embeds, [1, 0], 0.8, 0.7, masks, (16, 24))
     with torch.no_grad():
         reference = reference_model.apply_model(x, sigma, c_crossattn=context, y=y, transformer_options={})
-    unmasked = run(pack.nodes.apply.StoryMakerApply().apply(model, adapter, embeds, 0.8, 0.7, 0.0, 1.0)[0],
+    unmasked = run(outputs(pack.nodes.apply.StoryMakerApply, model, adapter, embeds, 0.8, 0.7, 0.0, 1.0)[0],
                    x, sigma, context, y, [1, 0])
     measured("ComfyUI-patched small SDXL UNet with region masks vs reference", relative_error(ours, reference), 1e-4)
     assert relative_error(unmasked, reference) > 1e-4  # the masks do change the output
@@ -213,7 +229,7 @@ def test_attention_overrides_reach_the_patch_and_masked_calls_use_sdpa(setup, ma
     left = torch.zeros(1, 128, 128)
     left[..., :64] = 1
     masks = {"mask_1": left, "mask_2": 1 - left} if masked else {}
-    (patched,) = pack.nodes.apply.StoryMakerApply().apply(base, adapter, embeds, 0.8, 0.0, 0.0, 1.0, **masks)
+    (patched,) = outputs(pack.nodes.apply.StoryMakerApply, base, adapter, embeds, 0.8, 0.0, 0.0, 1.0, **masks)
     g = torch.Generator().manual_seed(7)
     run(patched, torch.randn(2, 4, 16, 16, generator=g), torch.full((2,), 1.0), torch.randn(2, 77, 2048, generator=g),
         torch.randn(2, 2816, generator=g), [1, 0])
@@ -233,7 +249,7 @@ def test_the_positive_prompt_gets_the_characters_under_every_guider(setup, guide
     from support.comfyui import guider as make_guider
 
     pack, model, layers, adapter, embeds, state = setup
-    (patched,) = pack.nodes.apply.StoryMakerApply().apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
+    (patched,) = outputs(pack.nodes.apply.StoryMakerApply, model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
     g = torch.Generator().manual_seed(6)
     pooled = lambda: {"pooled_output": torch.randn(1, 1280, generator=g)}  # noqa: E731
     positive = [[torch.zeros(1, 77, 2048), pooled()]]
@@ -265,9 +281,9 @@ def test_the_positive_prompt_gets_the_characters_under_every_guider(setup, guide
 
 def test_applying_twice_is_warned_about(setup, caplog):
     pack, model, layers, adapter, embeds, state = setup
-    apply = pack.nodes.apply.StoryMakerApply()
-    (once,) = apply.apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
+    apply = node_function(pack.nodes.apply.StoryMakerApply)
+    (once,) = apply(model, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
     assert "already went through Apply StoryMaker" not in caplog.text
     with caplog.at_level("WARNING"):
-        apply.apply(once, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
+        apply(once, adapter, embeds, 0.8, 0.8, 0.0, 1.0)
     assert "already went through Apply StoryMaker" in caplog.text and "apply once" in caplog.text

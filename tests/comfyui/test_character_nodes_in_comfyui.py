@@ -17,6 +17,7 @@ from storymaker_core.layout import SDXL, unet_attention_layers
 from storymaker_core.resampler import interpolate_character_tokens
 from storymaker_core.weights import expected_image_proj_shapes, expected_ip_adapter_shapes, storymaker_weights_from_state_dict
 from support import measured, relative_error, seeded_weights, tiny_resampler_config
+from support.v3 import node_function, outputs, recorded_progress, ui
 
 pytestmark = pytest.mark.comfyui
 CLIP_WIDTH = 32
@@ -50,7 +51,7 @@ def comfy(tmp_path_factory):
              "ip_adapter": seeded_weights(expected_ip_adapter_shapes(unet_attention_layers(SDXL), 4), 2)}
     adapter = StoryMakerAdapter(storymaker_weights_from_state_dict(state, "tiny"))
     # the Save node refuses features that are not ViT-H's width; this tiny CLIP vision stands in for ViT-H
-    sys.modules[f"{pack.__name__}.nodes.characters"].CLIP_VIT_H_WIDTH = CLIP_WIDTH
+    sys.modules[f"{pack.__name__}.nodes.character_ops"].CLIP_VIT_H_WIDTH = CLIP_WIDTH
     return pack, vision, adapter, characters
 
 
@@ -71,21 +72,22 @@ def character(pack, seed, clothing=None):
     image = torch.from_numpy(data.astronaut()).float()[None] / 255
     mask = torch.zeros(1, 512, 512)
     mask[:, 40:, 100:330] = 1
-    node = pack.nodes.characters.StoryMakerCharacterFromImage()
-    return node.build(image, StandInFaces(seed), f"c{seed}", 0, mask=mask, clothing=clothing)[0]
+    build = node_function(pack.nodes.characters.StoryMakerCharacterFromImage)
+    return build(image, StandInFaces(seed), f"c{seed}", 0, mask=mask, clothing=clothing)[0]
 
 
 def test_saved_character_encodes_like_the_original_without_clip_or_insightface(comfy):
     pack, vision, adapter, folder = comfy
-    encode = pack.nodes.encode.StoryMakerEncodeCharacters()
+    encode = node_function(pack.nodes.encode.StoryMakerEncodeCharacters)
     original = character(pack, 1)
-    (direct,) = encode.encode(adapter, original, False, clip_vision=vision)
-    pack.nodes.characters.StoryMakerSaveCharacter().save(original, "ava", clip_vision=vision)
-    pack.nodes.characters.StoryMakerSaveCharacter().save(original, "ava", clip_vision=vision)
+    (direct,) = encode(adapter, original, False, clip_vision=vision)
+    assert ui(pack.nodes.characters.StoryMakerSaveCharacter, original, "ava", clip_vision=vision) == {
+        "text": ["ava.safetensors"]}
+    assert outputs(pack.nodes.characters.StoryMakerSaveCharacter, original, "ava", clip_vision=vision) == ()
     assert sorted(p.name for p in folder.iterdir()) == ["ava.safetensors", "ava_001.safetensors"]  # never overwritten
-    loaded, crop, face = pack.nodes.characters.StoryMakerLoadCharacter().load("ava.safetensors")
+    loaded, crop, face = outputs(pack.nodes.characters.StoryMakerLoadCharacter, "ava.safetensors")
     assert crop.shape == face.shape == (1, 224, 224, 3)
-    (reused,) = encode.encode(adapter, loaded, False)  # no clip_vision connected
+    (reused,) = encode(adapter, loaded, False)  # no clip_vision connected
     measured("tokens of a saved+loaded character (fp16 features) vs encoded directly", relative_error(reused.cond, direct.cond), 1e-3)
     assert direct.cond.shape == (2, 20, 2048)
 
@@ -93,17 +95,17 @@ def test_saved_character_encodes_like_the_original_without_clip_or_insightface(c
 def test_encode_needs_clip_vision_for_fresh_characters(comfy):
     pack, vision, adapter, _ = comfy
     with pytest.raises(ValueError, match="needs a CLIP vision model"):
-        pack.nodes.encode.StoryMakerEncodeCharacters().encode(adapter, character(pack, 1), False)
+        outputs(pack.nodes.encode.StoryMakerEncodeCharacters, adapter, character(pack, 1), False)
 
 
 def test_blend_and_clothing_through_the_nodes(comfy):
     pack, vision, adapter, _ = comfy
-    encode = pack.nodes.encode.StoryMakerEncodeCharacters().encode
+    encode = node_function(pack.nodes.encode.StoryMakerEncodeCharacters)
     a, b = character(pack, 1), character(pack, 2)
-    (blend,) = pack.nodes.characters.StoryMakerBlendCharacters().blend(a, b, 0.25)
+    (blend,) = outputs(pack.nodes.characters.StoryMakerBlendCharacters, a, b, 0.25)
     (blended,) = encode(adapter, blend, False, clip_vision=vision)
     (both,) = encode(adapter, a, False, clip_vision=vision, character_2=b)
-    encoded = [pack.nodes.encode.with_clip_features(c, vision) for c in (a, b)]
+    encoded = [pack.nodes.encode_ops.with_clip_features(c, vision) for c in (a, b)]
     stack = lambda name: torch.stack([getattr(c, name) for c in encoded])
     with torch.no_grad():  # blend = lerp of the two characters' tokens before position and fusion
         raw = adapter.resampler.character_tokens(stack("id_embedding"), stack("character_clip"), stack("face_clip"))
@@ -144,15 +146,15 @@ def test_appearance_character_through_the_nodes_and_its_saved_file(comfy):
     from skimage import data
 
     image = torch.from_numpy(data.coffee()).float()[None] / 255
-    rabbit, crop, face, mask, used = pack.nodes.characters.StoryMakerCharacterFromImage().build(
-        image, NoFaces(pack), "Big Brown Rabbit", 0, "auto")
+    rabbit, crop, face, mask, used = outputs(pack.nodes.characters.StoryMakerCharacterFromImage,
+                                             image, NoFaces(pack), "Big Brown Rabbit", 0, "auto")
     assert rabbit.identity == "appearance" and used == "image: appearance (auto: no face found)" and (mask == 1).all()
-    encode = pack.nodes.encode.StoryMakerEncodeCharacters().encode
+    encode = node_function(pack.nodes.encode.StoryMakerEncodeCharacters)
     (direct,) = encode(adapter, rabbit, False, clip_vision=vision)
     measured("appearance character through the nodes: face tokens vs float64 fusion of its slot's position alone",
              relative_error(direct.cond[1, :4], fused_position_alone(adapter, 0)), 1e-5)
-    pack.nodes.characters.StoryMakerSaveCharacter().save(rabbit, "rabbit", clip_vision=vision)
-    loaded, crop, face = pack.nodes.characters.StoryMakerLoadCharacter().load("rabbit.safetensors")
+    outputs(pack.nodes.characters.StoryMakerSaveCharacter, rabbit, "rabbit", clip_vision=vision)
+    loaded, crop, face = outputs(pack.nodes.characters.StoryMakerLoadCharacter, "rabbit.safetensors")
     assert loaded.identity == "appearance" and (face == 1).all() and crop.shape == (1, 224, 224, 3)
     (reused,) = encode(adapter, loaded, False)
     measured("tokens of a saved+loaded appearance character vs encoded directly", relative_error(reused.cond, direct.cond), 1e-3)
@@ -166,7 +168,7 @@ def test_a_stylised_photographed_girl_with_an_appearance_only_rabbit(comfy):
     pack, vision, adapter, folder = comfy
     from skimage import data
 
-    build = pack.nodes.characters.StoryMakerCharacterFromImage().build
+    build = node_function(pack.nodes.characters.StoryMakerCharacterFromImage)
     image = torch.from_numpy(data.astronaut()).float()[None] / 255
     mask = torch.zeros(1, 512, 512)
     mask[:, 40:, 100:330] = 1
@@ -178,16 +180,16 @@ def test_a_stylised_photographed_girl_with_an_appearance_only_rabbit(comfy):
     assert rabbit_used.splitlines() == ["image: appearance (auto: no face found)",
                                         "face_only: on, not applied: appearance only (no face tokens), so its "
                                         "character crop is kept and carries the character"]
-    encode = pack.nodes.encode.StoryMakerEncodeCharacters().encode
+    encode = node_function(pack.nodes.encode.StoryMakerEncodeCharacters)
     (own,) = encode(adapter, girl, False, clip_vision=vision, character_2=rabbit)
     (cast_wide,) = encode(adapter, girl, True, clip_vision=vision, character_2=rabbit)
     assert torch.equal(own.cond, cast_wide.cond)
-    encoded = [pack.nodes.encode.with_clip_features(c, vision) for c in (girl, rabbit)]
+    encoded = [pack.nodes.encode_ops.with_clip_features(c, vision) for c in (girl, rabbit)]
     tokens = pack.storymaker_core.encode.character_tokens(adapter.resampler, encoded, False)
     assert not tokens[0, 4:].any() and tokens[1, 4:].abs().min() > 0  # her crop dropped, the rabbit's kept
     assert not tokens[1, :4].any() and tokens[0, :4].abs().min() > 0  # the rabbit has no face tokens
-    pack.nodes.characters.StoryMakerSaveCharacter().save(girl, "girl", clip_vision=vision)
-    loaded = pack.nodes.characters.StoryMakerLoadCharacter().load("girl.safetensors")[0]
+    outputs(pack.nodes.characters.StoryMakerSaveCharacter, girl, "girl", clip_vision=vision)
+    loaded = outputs(pack.nodes.characters.StoryMakerLoadCharacter, "girl.safetensors")[0]
     assert loaded.face_only is True
     (reused,) = encode(adapter, loaded, False, character_2=rabbit, clip_vision=vision)
     measured("saved girl with her own face_only + rabbit vs encoded directly", relative_error(reused.cond, own.cond),
@@ -199,7 +201,7 @@ def test_auto_falls_back_to_appearance_when_the_face_index_is_missing(comfy):
     from skimage import data
 
     image = torch.from_numpy(data.astronaut()).float()[None] / 255
-    build = pack.nodes.characters.StoryMakerCharacterFromImage().build
+    build = node_function(pack.nodes.characters.StoryMakerCharacterFromImage)
     faces = OneFace(pack)
     character, *_, used = build(image, faces, "ava", 1, "auto")
     assert character.identity == "appearance"
@@ -219,3 +221,20 @@ class OneFace(StandInFaces):
         if index != 0:
             raise self.error(f"face index {index} out of range for {image_name}: 1 face(s) found")
         return super().select_face(image, image_name, index)
+
+
+def test_character_and_encode_progress_reaches_the_editor_through_the_v3_api(comfy):
+    """Run as a node of a prompt: detection then each reference (Character from Image), each character then the
+    resampler (Encode), as ComfyUI's progress registry receives them."""
+    pack, vision, adapter, _ = comfy
+    from skimage import data
+
+    image = torch.from_numpy(data.astronaut()).float()[None].repeat(2, 1, 1, 1) / 255
+    with recorded_progress(node_id="3") as updates:
+        a = outputs(pack.nodes.characters.StoryMakerCharacterFromImage, image, StandInFaces(1), "a", 0,
+                    mask=torch.ones(1, 512, 512))[0]
+    assert updates == [("3", 1, 3), ("3", 2, 3), ("3", 3, 3)]
+    b = character(pack, 2)
+    with recorded_progress(node_id="4") as updates:
+        outputs(pack.nodes.encode.StoryMakerEncodeCharacters, adapter, a, False, clip_vision=vision, character_2=b)
+    assert updates == [("4", 1, 3), ("4", 2, 3), ("4", 3, 3)]

@@ -20,6 +20,7 @@ from storymaker_core.characters import APPEARANCE, Character, character_from_ref
 from storymaker.evaluate.embedders import FaceEmbedder
 from storymaker.evaluate.panels import cast_identities, on_stage_names, score_panels
 from storymaker_core.story_render import RenderedPanel, StoryRender
+from support.v3 import recorded_progress
 from tests.fixtures.tiny_insightface import blank_image, face_at, face_pattern, paint_face, write_tiny_insightface
 
 pytestmark = pytest.mark.comfyui
@@ -125,25 +126,19 @@ def run_node(node, **inputs):
 
 
 def test_node_gives_the_core_numbers_and_flags_the_story(comfy, story):
-    import comfy.utils as comfy_utils
-
     node, vision, analyzer = comfy
     cast, render, images = story
     batch = torch.from_numpy(np.stack(images).astype(np.float32)) / 255.0
-    progress = []
-    comfy_utils.set_progress_bar_global_hook(lambda value, total, *_, **__: progress.append((value, total)))
-    try:
+    with recorded_progress() as progress:  # what ComfyUI's V3 progress API receives
         (flagged, table, text), ui = run_node(node, images=batch, story=render, cast=cast, insightface=analyzer,
                                               clip_vision=vision, face_threshold=0.3, clip_threshold=0.98)
-    finally:
-        comfy_utils.set_progress_bar_global_hook(None)
     clip = ClipI(vision)
     expected = score_panels(images, render, cast_identities(cast, on_stage_names(render), clip),
                             FaceEmbedder(analyzer), clip, 0.3, 0.98)
     assert json.loads(text) == json.loads(expected.to_json())  # every number, exactly
     assert table == expected.markdown() and ui == {"text": [table]}
     assert [p.flag for p in flagged.panels] == expected.flags()
-    assert progress[-1] == (len(render.panels) + 1, len(render.panels) + 1)
+    assert progress[-1] == ("7", len(render.panels) + 1, len(render.panels) + 1)
 
     ava_own = expected.panels[0].characters[0]
     assert ava_own.similarity > 0.99 and flagged.panels[0].flag is None  # the reference's own face

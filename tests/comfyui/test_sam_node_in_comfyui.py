@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from support.v3 import node_function
+
 pytestmark = pytest.mark.comfyui
 
 
@@ -38,9 +40,9 @@ def sams(tmp_path_factory):
 def test_both_file_kinds_load_and_segment_alike_under_model_management(sams):
     import comfy.model_management
 
-    node = sams.nodes.loaders.StoryMakerSAMLoader()
-    (from_pth,) = node.load("sam_vit_b_01ec64.pth")
-    (from_safetensors,) = node.load("person.safetensors")  # type read from the weights: the name does not say
+    load = node_function(sams.nodes.loaders.StoryMakerSAMLoader)
+    (from_pth,) = load("sam_vit_b_01ec64.pth")
+    (from_safetensors,) = load("person.safetensors")  # type read from the weights: the name does not say
     assert from_safetensors.segmenter.model_type == "vit_b"
     image = np.random.default_rng(1).integers(0, 255, (40, 56, 3), dtype=np.uint8)
     masks = [s.segment(image, [6, 4, 40, 36]) for s in (from_pth, from_safetensors)]

@@ -30,7 +30,8 @@ pytestmark = pytest.mark.comfyui
 NODES = {"StoryMakerLoader", "StoryMakerInsightFaceLoader", "StoryMakerSAMLoader", "StoryMakerCharacterFromImage",
          "StoryMakerBlendCharacters", "StoryMakerSaveCharacter", "StoryMakerLoadCharacter",
          "StoryMakerEncodeCharacters", "StoryMakerApply", "StoryMakerCast", "StoryMakerStory", "StoryMakerStoryboard",
-         "StoryMakerConsistencyScores", "StoryMakerApplyLoRA", "StoryMakerApplyScene"}
+         "StoryMakerConsistencyScores", "StoryMakerEncodeMember", "StoryMakerApplyLoRA", "StoryMakerApplyScene",
+         "StoryMakerSaveScene", "StoryMakerJoinImages"}
 
 
 @pytest.fixture(scope="module")
@@ -74,22 +75,35 @@ def test_pack_imports_without_failure(server):
 
 
 def test_object_info_lists_every_node_with_its_inputs(server):
-    info, _, _ = server
-    assert NODES <= info.keys()
+    """Every node, registered through the pack's comfy_entrypoint (the pack has no NODE_CLASS_MAPPINGS)."""
+    from storymaker.story.validate import combo_choices
+
+    info, log, _ = server
+    ours = {name for name, spec in info.items() if spec["python_module"] == "custom_nodes.ComfyUI-StoryMaker"}
+    assert ours == NODES
+    assert "comfy_entrypoint" not in log.read_text()  # ComfyUI logs a warning when calling it fails
     loader = info["StoryMakerLoader"]["input"]["required"]["storymaker_file"]
-    assert "listed.safetensors" in loader[0]  # the models/storymaker folder is registered
+    assert "listed.safetensors" in combo_choices(loader)  # the models/storymaker folder is registered
     apply = info["StoryMakerApply"]
     assert apply["output"] == ["MODEL"] and apply["category"] == "StoryMaker"
     assert set(apply["input"]["optional"]) == {"mask_1", "mask_2", "mask_3"}
 
 
 def test_the_v3_node_snapshot_offline_tests_use_is_what_the_server_serves(server):
-    """tests/data/storymaker_v3_nodes.json stands in for the V3 story nodes where ComfyUI is absent (workflow
-    validation in CI's default run): it must be what a real server serves (scripts/snapshot_core_nodes.py)."""
+    """tests/data/storymaker_v3_nodes.json stands in for all our nodes (V3 schema) where ComfyUI is absent
+    (workflow validation and node checks in CI's default run): it must be what a real server serves
+    (scripts/snapshot_core_nodes.py --ours-v3), but for the files a file picker lists (none in the snapshot)."""
     info, _, _ = server
     snapshot = json.loads((REPO / "tests" / "data" / "storymaker_v3_nodes.json").read_text())["nodes"]
+    assert set(snapshot) == NODES
     for name, spec in snapshot.items():
-        served = {**info[name], "input": {k: v for k, v in info[name]["input"].items() if k in ("required", "optional")}}
+        served = json.loads(json.dumps(info[name]))
+        for key in ("input", "input_order"):  # hidden inputs are not in the snapshot
+            served[key] = {k: v for k, v in served[key].items() if k in ("required", "optional")}
+        for section, inputs in spec["input"].items():
+            for input_name, entry in inputs.items():
+                if entry[0] == "COMBO" and entry[1]["options"] == []:  # a file picker: what this server has
+                    served["input"][section][input_name][1]["options"] = []
         assert {k: served[k] for k in spec} == json.loads(json.dumps(spec)), name
     assert info["StoryMakerStory"]["category"] == "StoryMaker/story"
 

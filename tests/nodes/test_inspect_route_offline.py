@@ -2,7 +2,6 @@
 about, only model extensions, and no path or file bytes in any answer (tests/comfyui/test_server_loads_pack.py
 asks a real server the same)."""
 
-import importlib
 import json
 import os
 import struct
@@ -12,9 +11,8 @@ import types
 import pytest
 
 from storymaker.story.model_check import MODEL_INPUTS, STRICTER
-from support.comfyui import PACK_MODULE
 from support.model_headers import SDXL_KEYS, write_safetensors
-from support.node_specs import our_node_classes
+from support.node_specs import node_module
 
 SECRET = b"TOPSECRT and more secret text"
 SECRET_NUMBER = str(struct.unpack("<Q", SECRET[:8])[0])  # what the old answer quoted as a "header size"
@@ -23,8 +21,7 @@ PT = {".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft"}  #
 
 @pytest.fixture(scope="module")
 def routes():
-    our_node_classes()  # imports the pack as ComfyUI would
-    return importlib.import_module(f"{PACK_MODULE}.nodes.routes")
+    return node_module("routes")  # the pack imported as ComfyUI would
 
 
 def comfy_folder_paths(base) -> types.ModuleType:

@@ -7,15 +7,12 @@ import pytest
 import torch
 
 from storymaker_core.attention import vanished_regions
-from support.node_specs import our_node_classes
+from support.node_specs import node_module
 
 
 @pytest.fixture(scope="module")
 def region_masks():
-    import sys
-
-    our_node_classes()  # imports the pack as ComfyUI does (stand-in folder_paths offline)
-    return next(m for n, m in sys.modules.items() if n.endswith("nodes.patching") and hasattr(m, "region_masks")).region_masks
+    return node_module("patching").region_masks  # the pack imported as ComfyUI does (stand-in folder_paths offline)
 
 
 def test_a_faint_mask_is_refused_naming_it(region_masks):
@@ -40,14 +37,11 @@ def test_a_thin_mask_vanishes_at_the_coarse_attention_resolutions():
 
 
 def test_the_same_character_in_two_slots_is_named(caplog):
-    import sys
-
     import numpy as np
 
     from storymaker_core.characters import Character
 
-    our_node_classes()
-    encode = next(m for n, m in sys.modules.items() if n.endswith("nodes.encode") and hasattr(m, "warn_about_repeats"))
+    encode = node_module("encode_ops")
     ava = Character(name="ava", id_embedding=torch.zeros(512), character_image=np.zeros((1, 8, 8, 3), np.uint8),
                     character_clip=torch.zeros(4, 8), identity="appearance")
     with caplog.at_level(logging.WARNING):

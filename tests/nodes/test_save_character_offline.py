@@ -1,25 +1,25 @@
-"""*Save StoryMaker Character* writes only plain file names inside models/storymaker_characters/ (no ComfyUI:
-a stand-in folder_paths points the folder at a temporary one)."""
+"""*Save StoryMaker Character* writes only plain file names inside models/storymaker_characters/ (no ComfyUI: the
+node's work, `character_ops.save_character_file`, is given a temporary folder as that folder)."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
 from storymaker_core.characters import Character, load_character
-from support.node_specs import _stand_in_folder_paths, our_node_classes
+from support.node_specs import node_module
+
+
+FOLDER = []  # models/storymaker_characters of the running test
 
 
 @pytest.fixture
-def folders(tmp_path, monkeypatch):
-    """(models/storymaker_characters, the base folder above models/) with folder_paths pointing there."""
+def folders(tmp_path):
+    """(models/storymaker_characters, the base folder above models/): what the node passes as the folder."""
     folder = tmp_path / "base" / "models" / "storymaker_characters"
     folder.mkdir(parents=True)
-    stand_in = _stand_in_folder_paths()
-    stand_in.folder_names_and_paths["storymaker_characters"] = ([str(folder)], {".safetensors"})
-    monkeypatch.setitem(sys.modules, "folder_paths", stand_in)
+    FOLDER[:] = [str(folder)]
     return folder, tmp_path
 
 
@@ -29,8 +29,10 @@ def encoded(name: str) -> Character:
                      character_clip=torch.zeros(4, 1280), identity="appearance")
 
 
-def save(filename: str, name: str = "ava"):
-    return our_node_classes()["StoryMakerSaveCharacter"]().save(encoded(name), filename)
+def save(filename: str, name: str = "ava", character: Character = None) -> str:
+    """What Save StoryMaker Character does: the file name it wrote (the node shows it in its ui text)."""
+    character = encoded(name) if character is None else character
+    return node_module("character_ops").save_character_file(character, filename, FOLDER[0])
 
 
 def written(root) -> set:
@@ -39,9 +41,9 @@ def written(root) -> set:
 
 def test_a_plain_name_is_saved_in_the_folder_and_never_overwritten(folders):
     folder, _ = folders
-    assert save("ava")["ui"]["text"] == ["ava.safetensors"]
-    assert save("ava.safetensors")["ui"]["text"] == ["ava_001.safetensors"]
-    assert save("", name="Bob")["ui"]["text"] == ["Bob.safetensors"]
+    assert save("ava") == "ava.safetensors"
+    assert save("ava.safetensors") == "ava_001.safetensors"
+    assert save("", name="Bob") == "Bob.safetensors"
     assert sorted(p.name for p in folder.iterdir()) == ["Bob.safetensors", "ava.safetensors", "ava_001.safetensors"]
     assert load_character(str(folder / "Bob.safetensors")).name == "Bob"
 
@@ -66,7 +68,7 @@ def test_a_hostile_filename_or_name_is_refused_and_nothing_is_written(folders, f
 def test_a_symlink_in_the_folder_is_never_written_through(folders):
     folder, tmp_path = folders
     (folder / "ava.safetensors").symlink_to(tmp_path / "outside.safetensors")  # dangling: exists() is False
-    assert save("ava")["ui"]["text"] == ["ava_001.safetensors"]
+    assert save("ava") == "ava_001.safetensors"
     assert not (tmp_path / "outside.safetensors").exists()
 
 
@@ -74,8 +76,7 @@ def test_a_folder_that_leads_out_is_caught_by_the_second_guard(folders, monkeypa
     """Should a name ever pass the validator that resolves outside the folder, the realpath check refuses it."""
     folder, tmp_path = folders
     (folder / "link").symlink_to(tmp_path)
-    nodes = sys.modules[our_node_classes()["StoryMakerSaveCharacter"].__module__]
-    monkeypatch.setattr(nodes, "character_file_stem", lambda text, what: "link/escaped")
+    monkeypatch.setattr(node_module("character_ops"), "character_file_stem", lambda text, what: "link/escaped")
     with pytest.raises(ValueError, match="outside models/storymaker_characters/"):
         save("ava")
     assert not (tmp_path / "escaped.safetensors").exists()
@@ -86,5 +87,5 @@ def test_features_of_another_clip_vision_are_refused_at_save_naming_it(folders):
     narrow = Character(name="ava", id_embedding=torch.zeros(512), character_image=np.zeros((1, 8, 8, 3), np.uint8),
                        character_clip=torch.zeros(4, 1024), identity="appearance")  # ViT-L's width
     with pytest.raises(ValueError, match="clip_vision gives 1024-wide features; StoryMaker reads CLIP-ViT-H-14's 1280"):
-        our_node_classes()["StoryMakerSaveCharacter"]().save(narrow, "ava")
+        save("ava", character=narrow)
     assert not any(folder.iterdir())

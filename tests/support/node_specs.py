@@ -1,12 +1,16 @@
-"""Node specs (as `/object_info` gives them) for the core nodes our workflows use and for our own nodes.
+"""Node specs (as `/object_info` gives them) for the core nodes our workflows use and for our own nodes, and the
+pack imported as ComfyUI imports it.
 
-Core specs come from a snapshot of ComfyUI v0.14.1 (tests/data/comfyui_core_nodes.json); ours are read
-from our nodes' own INPUT_TYPES, with a stand-in `folder_paths` when ComfyUI is not installed, and for our
-V3-schema nodes (which need ComfyUI) from tests/data/storymaker_v3_nodes.json when ComfyUI is not there.
+Core specs come from a snapshot of ComfyUI v0.14.1 (tests/data/comfyui_core_nodes.json). Our nodes are all on
+ComfyUI's V3 schema, which imports ComfyUI's `comfy_api`: offline their specs come from
+tests/data/storymaker_v3_nodes.json (written by scripts/snapshot_core_nodes.py --ours-v3; a ComfyUI test checks it
+equals what a live server serves). Offline tests reach what the nodes do through the comfy_api-free modules beside
+them (`node_module("character_ops")`, ...).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import types
@@ -24,35 +28,57 @@ def _stand_in_folder_paths():
     return module
 
 
-def our_node_classes() -> dict:
-    """NODE_CLASS_MAPPINGS of the pack, imported as ComfyUI would (stand-in folder_paths if needed)."""
+def pack():
+    """The pack, imported as ComfyUI would import it (a stand-in `folder_paths` when ComfyUI is not installed)."""
     if "folder_paths" not in sys.modules:
         try:
-            import folder_paths  # noqa: F401  (a real ComfyUI on sys.path)
+            importlib.import_module("folder_paths")  # a real ComfyUI on sys.path
         except ImportError:
             sys.modules["folder_paths"] = _stand_in_folder_paths()
     from support.comfyui import load_pack
 
-    return load_pack().NODE_CLASS_MAPPINGS
+    return load_pack()
+
+
+def node_module(name: str):
+    """A module of the pack's nodes/ package, e.g. `node_module("character_ops")` (the `*_ops` modules, common,
+    patching and routes import without ComfyUI)."""
+    return importlib.import_module(f"{pack().__name__}.nodes.{name}")
+
+
+def our_node_classes() -> dict:
+    """{node id: V3 class} of every node of the pack, as ComfyUI registers them through `comfy_entrypoint`
+    (needs ComfyUI's comfy_api: a ComfyUI test)."""
+    import asyncio
+
+    extension = asyncio.run(pack().comfy_entrypoint())
+    return {cls.GET_SCHEMA().node_id: cls for cls in asyncio.run(extension.get_node_list())}
+
+
+def our_snapshot() -> dict:
+    """{node id: spec} of the pack's nodes from tests/data/storymaker_v3_nodes.json."""
+    return json.loads((DATA / "storymaker_v3_nodes.json").read_text())["nodes"]
+
+
+def _is_file_picker(entry: list) -> bool:
+    """A choice list with no choices: a file picker with no files here (either COMBO format)."""
+    if isinstance(entry[0], list):
+        return not entry[0]
+    return entry[0] == "COMBO" and len(entry) > 1 and not entry[1].get("options")
 
 
 def node_specs() -> dict:
-    """`/object_info`-shaped specs for the core nodes (snapshot) and ours (live).
+    """`/object_info`-shaped specs for the core nodes and ours (both snapshots).
 
     File pickers have no choices offline (no models here): their spec becomes STRING, so any file name
     passes and everything else is checked as a server would.
     """
     specs = json.loads((DATA / "comfyui_core_nodes.json").read_text())["nodes"]
-    # our V3 nodes import ComfyUI's comfy_api: without ComfyUI, their snapshot (checked live by a ComfyUI test)
-    specs.update(json.loads((DATA / "storymaker_v3_nodes.json").read_text())["nodes"])
-    for name, cls in our_node_classes().items():
-        specs[name] = {"input": cls.INPUT_TYPES(), "output": list(cls.RETURN_TYPES),
-                       "output_name": list(getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES),
-                       "output_node": bool(getattr(cls, "OUTPUT_NODE", False))}
-    specs = json.loads(json.dumps(specs, default=str))  # tuples -> lists, as /object_info serves them
+    specs.update(our_snapshot())
+    specs = json.loads(json.dumps(specs))  # a copy
     for spec in specs.values():
         for section in spec["input"].values():
             for name, entry in section.items():
-                if isinstance(entry[0], list) and not entry[0]:
+                if _is_file_picker(entry):
                     section[name] = ["STRING", *entry[1:]]
     return specs
