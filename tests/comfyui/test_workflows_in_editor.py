@@ -7,6 +7,10 @@ headless Chromium loads each file and the editor itself
 * saves it again: our `ui_to_api` must read that save back to the same prompt (it is how the generator's
   UI files are checked offline, so it must read the editor's files as the editor does).
 
+And a workflow saved by this editor when the pack's nodes were classic (INPUT_TYPES) ones, all nine of them
+(tests/fixtures/classic_nodes/): opened with today's V3 nodes it must queue exactly the prompt the classic nodes
+queued, every widget value in its place.
+
 Needs COMFYUI_PATH, ComfyUI's requirements (its frontend package), the `playwright` Python package and a
 Chromium (`apt install chromium`, or CHROMIUM_PATH); skipped, saying which is missing, otherwise.
 """
@@ -24,6 +28,7 @@ from storymaker.workflow_format import ui_to_api
 pytestmark = pytest.mark.comfyui
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+CLASSIC = REPO / "tests" / "fixtures" / "classic_nodes" / "classic-nodes-workflow.json"
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--no-first-run"]
 
@@ -72,7 +77,7 @@ def editor(tmp_path_factory):
             page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph", timeout=120_000)
             page.wait_for_function("() => LiteGraph.registered_node_types['StoryMakerApply'] !== undefined",
                                    timeout=60_000)
-            for path in WORKFLOWS:
+            for path in [*WORKFLOWS, CLASSIC]:
                 results[path.name] = page.evaluate(LOAD_AND_SERIALIZE, json.loads(path.read_text()))
         finally:
             browser.close()
@@ -105,3 +110,21 @@ def test_templates_browser_lists_the_ui_workflows_only(editor):
     """The editor opens a pack's templates as UI workflows: API files listed there would fail to open."""
     listed = editor[0]["/workflow_templates"]["ComfyUI-StoryMaker"]
     assert sorted(listed) == sorted(p.stem for p in WORKFLOWS)
+
+
+def test_a_workflow_saved_with_the_classic_nodes_queues_the_same_prompt(editor):
+    """Saved (UI format) by ComfyUI's editor when the nine nodes were classic ones; the V3 nodes must give the
+    same widgets in the same order: the editor queues exactly the prompt it queued then, titles included."""
+    results, page_errors, _ = editor
+    result = results[CLASSIC.name]
+    assert not result["missing"], f"the editor does not know {result['missing']}"
+    classic_prompt = json.loads(CLASSIC.with_name("classic-nodes-workflow.api.json").read_text())
+    assert result["prompt"] == classic_prompt
+    ours = {n["id"]: n["widgets_values"] for n in json.loads(CLASSIC.read_text())["nodes"]
+            if n["type"].startswith("StoryMaker")}
+    assert {n["id"]: n["widgets_values"] for n in result["saved"]["nodes"] if n["id"] in ours} == ours
+    assert {node["class_type"] for node in classic_prompt.values() if node["class_type"].startswith("StoryMaker")} \
+        == {"StoryMakerLoader", "StoryMakerInsightFaceLoader", "StoryMakerSAMLoader", "StoryMakerCharacterFromImage",
+            "StoryMakerBlendCharacters", "StoryMakerSaveCharacter", "StoryMakerLoadCharacter",
+            "StoryMakerEncodeCharacters", "StoryMakerApply"}
+    assert not page_errors, page_errors

@@ -132,3 +132,15 @@ def test_layout_pulls_a_node_right_to_its_first_consumer():
     api["1"]["inputs"]["loop"] = link("5")
     with pytest.raises(ValueError, match="cycle"):
         columns(api)
+
+
+def test_a_workflow_saved_with_the_classic_nodes_reads_the_same_with_the_v3_specs(specs):
+    """tests/fixtures/classic_nodes/: saved by ComfyUI's editor when the nine nodes were classic ones. Read with
+    today's (V3) specs, its widgets give the prompt the classic nodes queued, and that prompt validates
+    (tests/comfyui/test_workflows_in_editor.py opens it in the real editor)."""
+    folder = REPO / "tests" / "fixtures" / "classic_nodes"
+    ui = json.loads((folder / "classic-nodes-workflow.json").read_text())
+    api = json.loads((folder / "classic-nodes-workflow.api.json").read_text())
+    graph = lambda prompt: {k: (n["class_type"], n["inputs"]) for k, n in prompt.items()}  # noqa: E731
+    assert graph(ui_to_api(ui, specs)) == graph(api)
+    assert check_prompt(api, specs) == []
