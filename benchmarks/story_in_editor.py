@@ -22,7 +22,7 @@ shared 2-core machine a two-thread team stalls at each barrier whenever another 
 queues then varied 5x, in wall and CPU time alike).
 
 Then the memory of a 2-scene vs a `--long`-scene story: the peak image K/V bytes held by live scene patches
-(a custom node written into the base directory wraps StoryMakerAttention, as tests/comfyui/
+and by the K/V cache per token group that the scenes share (a custom node written into the base directory wraps StoryMakerAttention, as tests/comfyui/
 test_story_node_in_comfyui.py does) and the server's peak RSS (VmHWM, reset through /proc/self/clear_refs
 before each story). Run it with the Python that runs ComfyUI (its requirements plus insightface). Prints a
 markdown block for benchmarks/RESULTS.md and, last, one summary line; writes JSON.
@@ -67,9 +67,15 @@ def _tracked_init(self, *args, **kwargs):
     LIVE.add(self)
 
 
+def kv_bytes():
+    """(image K/V of the live scene patches, the per-token-group K/V cache the scenes share)."""
+    caches = {id(o.group_cache): o.group_cache for o in list(LIVE) if o.group_cache is not None}
+    return sum(o.cached_bytes() for o in list(LIVE)), sum(c.cached_bytes() for c in caches.values())
+
+
 def _measured_release(self):
     # a scene's sampling just ended: its K/V are still held, so this is when the live patches hold the most
-    COUNTS["peak_kv_bytes"] = max(COUNTS["peak_kv_bytes"], sum(o.cached_bytes() for o in list(LIVE)))
+    COUNTS["peak_kv_bytes"] = max(COUNTS["peak_kv_bytes"], sum(kv_bytes()))
     COUNTS["releases"] += 1
     ORIGINAL["release"](self)
 
@@ -107,7 +113,8 @@ class StoryMakerBenchSink:
 @PromptServer.instance.routes.get("/storymaker_bench/counters")
 async def counters(request):
     times = os.times()
-    return web.json_response({**COUNTS, "live_kv_bytes": sum(o.cached_bytes() for o in list(LIVE)),
+    scenes, groups = kv_bytes()
+    return web.json_response({**COUNTS, "live_kv_bytes": scenes, "group_kv_bytes": groups,
                               "rss_kib": _status_kib("VmRSS"), "peak_rss_kib": _status_kib("VmHWM"),
                               "cpu_s": times.user + times.system})
 
@@ -316,7 +323,8 @@ def story_memory(url: str, scenes: int, args) -> dict:
     if after["releases"] < scenes:
         raise RuntimeError(f"{scenes}-scene story: only {after['releases']} scene patches released their K/V")
     return {"scenes": scenes, "seconds": result["seconds"], "peak_kv_bytes": after["peak_kv_bytes"],
-            "live_kv_bytes_after": after["live_kv_bytes"], "rss_before_mib": before["rss_kib"] / 1024,
+            "live_kv_bytes_after": after["live_kv_bytes"], "group_kv_bytes_after": after["group_kv_bytes"],
+            "rss_before_mib": before["rss_kib"] / 1024,
             "peak_rss_mib": after["peak_rss_kib"] / 1024}
 
 
@@ -400,10 +408,12 @@ def main(argv=None) -> int:
           f"queue with re-encode and LoRA re-merge), median: story {switch['story']:.1f} s, one-scene graph "
           f"{switch['queues']:.1f} s.")
     print()
-    print("| story | peak image K/V held by live scene patches | server RSS before | server peak RSS |")
-    print("|---|---|---|---|")
+    print("| story | peak image K/V (live scene patches + group cache) | after: scenes / group cache "
+          "| server RSS before | server peak RSS |")
+    print("|---|---|---|---|---|")
     for m in memory:
-        print(f"| {m['scenes']} scenes | {m['peak_kv_bytes'] / 2 ** 20:.2f} MiB | {m['rss_before_mib']:.0f} MiB "
+        print(f"| {m['scenes']} scenes | {m['peak_kv_bytes'] / 2 ** 20:.2f} MiB | {m['live_kv_bytes_after']} B / "
+              f"{m['group_kv_bytes_after'] / 2 ** 20:.2f} MiB | {m['rss_before_mib']:.0f} MiB "
               f"| {m['peak_rss_mib']:.0f} MiB |")
     print()
     print(f"story_in_editor: {story_s:.3f} s/scene ({ratio:.3f}x vs {args.scenes} one-scene queues; K/V peak "

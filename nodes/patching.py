@@ -242,11 +242,13 @@ def sigma_range(patched, start_at: float, end_at: float) -> tuple:
 def add_image_branch(patched, storymaker, layers, embeds, ip_scale: float, start_at: float, end_at: float,
                      region_masks=None, free_after_sampling: bool = False) -> StoryMakerAttention:
     """The characters' image tokens on all cross-attentions of `patched` (a clone), chained after any attn2
-    patch already there. `free_after_sampling` drops the image K/V when a sampling ends (a story's scenes)."""
+    patch already there. `free_after_sampling` drops the image K/V when a sampling ends (a story's scenes),
+    keeping them per token group in the StoryMaker adapter for the next scene (`storymaker_core.group_kv`)."""
     sigma_start, sigma_end = sigma_range(patched, start_at, end_at)
     settings = ImageBranchSettings(ip_scale=ip_scale, sigma_start=sigma_start, sigma_end=sigma_end,
                                    region_masks=region_masks, tokens_per_group=embeds.cond.shape[1])
-    shared = StoryMakerAttention(storymaker.projections(layers), embeds.cond, embeds.uncond, settings)
+    shared = StoryMakerAttention(storymaker.projections(layers), embeds.cond, embeds.uncond, settings,
+                                 group_cache=storymaker.group_kv if free_after_sampling else None)
     GuiderRoles(shared, free_after_sampling).install(patched)
     existing = patched.model_options["transformer_options"].get("patches_replace", {}).get("attn2", {})
     if any(isinstance(p, LayerPatch) for p in existing.values()):

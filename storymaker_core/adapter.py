@@ -8,6 +8,7 @@ import torch
 
 from .layout import AttentionLayer, unet_attention_layers_from_state_dict
 from .lora import image_kv_weights, ldm_keyed_lora
+from .group_kv import GroupKVCache
 from .patch import ImageProjections
 from .resampler import StoryMakerResampler
 from .weights import StoryMakerWeights, StoryMakerWeightsError
@@ -20,6 +21,7 @@ class StoryMakerAdapter:
         self.weights = weights
         self._resampler = None
         self._projections: dict = {}
+        self.group_kv = GroupKVCache()  # image K/V per token group, shared by a story's scenes
 
     @property
     def resampler(self) -> StoryMakerResampler:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .attention import (REGION_THRESHOLD, AttentionFn, batch_for_chunks, decoupled_attention, region_attention_bias,
                         sdpa_attention, vanished_regions)
 from .compiled import compiled_layer_forward, count_eager_call
+from .group_kv import GroupKVCache, group_digests
 
 POSITIVE, NEGATIVE = 0, 1
 logger = logging.getLogger(__name__)
@@ -114,8 +115,9 @@ class StoryMakerAttention:
     """State shared by the 70 layer patches of one Apply: projections, tokens, K/V and mask caches."""
 
     def __init__(self, projections: ImageProjections, cond_tokens: Tensor, uncond_tokens: Tensor,
-                 settings: ImageBranchSettings):
-        """cond_tokens / uncond_tokens: `[N+1, 20, ctx]` image tokens (background first)."""
+                 settings: ImageBranchSettings, group_cache: Optional[GroupKVCache] = None):
+        """cond_tokens / uncond_tokens: `[N+1, 20, ctx]` image tokens (background first). group_cache: K/V
+        per token group shared with other patches (a story's scenes), else each layer projects its tokens."""
         if cond_tokens.shape != uncond_tokens.shape:
             raise ValueError(f"cond tokens {tuple(cond_tokens.shape)} and uncond tokens "
                              f"{tuple(uncond_tokens.shape)} must have the same shape")
@@ -124,6 +126,10 @@ class StoryMakerAttention:
             raise ValueError(f"{len(masks)} region masks for {cond_tokens.shape[0] - 1} characters")
         self.projections = projections
         self.tokens = {POSITIVE: cond_tokens.flatten(0, 1)[None], NEGATIVE: uncond_tokens.flatten(0, 1)[None]}
+        self.group_cache = group_cache
+        if group_cache is not None:
+            self.groups = {kind: (tokens, group_digests(tokens, settings.tokens_per_group))
+                           for kind, tokens in ((POSITIVE, cond_tokens), (NEGATIVE, uncond_tokens))}
         self.settings = settings
         self._kv: dict = {}  # (key, device, dtype) -> {kind: (ip_k [1, L, hidden], ip_v)}
         self._batched: dict = {}  # (key, device, dtype, layout, batch) -> (ip_k, ip_v) [B, L, hidden]
@@ -153,8 +159,12 @@ class StoryMakerAttention:
         cache_key = (key, str(device), dtype)
         if cache_key not in self._kv:
             with torch.no_grad():
-                self._kv[cache_key] = {kind: tuple(t.to(dtype) for t in self.projections.project(key, tokens, device))
-                                       for kind, tokens in self.tokens.items()}
+                if self.group_cache is None:
+                    pairs = {kind: self.projections.project(key, tokens, device) for kind, tokens in self.tokens.items()}
+                else:
+                    pairs = {kind: self.group_cache.project(self.projections, key, tokens, digests, device)
+                             for kind, (tokens, digests) in self.groups.items()}
+                self._kv[cache_key] = {kind: tuple(t.to(dtype) for t in pair) for kind, pair in pairs.items()}
         return self._kv[cache_key]
 
     def chunk_roles(self, extra_options: dict) -> tuple:

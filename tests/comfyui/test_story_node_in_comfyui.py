@@ -2,7 +2,8 @@
 
 What is counted comes from the server itself: each expanded KSampler's `executing` event (its id ends in
 `.sample`), and a test-only custom node that counts LoRA weight merges (ModelPatcher.patch_weight_to_device
-on a patched weight) and the image K/V held by every live scene patch. Needs COMFYUI_PATH (and insightface);
+on a patched weight) and the image K/V held by every live scene patch and by the K/V cache per token group
+that a story's scenes share. Needs COMFYUI_PATH (and insightface);
 about three minutes on 2 cores.
 """
 
@@ -40,8 +41,17 @@ def _tracked_init(self, *args, **kwargs):
     LIVE.add(self)
 
 
+def group_caches():
+    return list({id(o.group_cache): o.group_cache for o in list(LIVE) if o.group_cache is not None}.values())
+
+
+def kv_bytes():
+    """(image K/V of the live scene patches, the shared per-group K/V cache)."""
+    return sum(o.cached_bytes() for o in list(LIVE)), sum(c.cached_bytes() for c in group_caches())
+
+
 def _measured_release(self):
-    COUNTS["peak_kv_bytes"] = max(COUNTS["peak_kv_bytes"], sum(o.cached_bytes() for o in list(LIVE)))
+    COUNTS["peak_kv_bytes"] = max(COUNTS["peak_kv_bytes"], sum(kv_bytes()))
     COUNTS["releases"] += 1
     ORIGINAL["release"](self)
 
@@ -63,13 +73,16 @@ def install():
 
 @PromptServer.instance.routes.get("/storymaker_test/counters")
 async def counters(request):
-    return web.json_response({**COUNTS, "live_kv_bytes": sum(o.cached_bytes() for o in list(LIVE))})
+    scenes, groups = kv_bytes()
+    return web.json_response({**COUNTS, "live_kv_bytes": scenes, "group_kv_bytes": groups})
 
 
 @PromptServer.instance.routes.post("/storymaker_test/reset")
 async def reset(request):
     install()
     COUNTS.update(weight_merges=0, peak_kv_bytes=0, releases=0)
+    for cache in group_caches():
+        cache.clear()
     return web.json_response(COUNTS)
 
 
@@ -239,12 +252,14 @@ def test_candidates_render_one_seed_each_and_save_one_file_each(server):
 
 
 def test_twenty_scenes_hold_one_scene_of_image_kv_at_a_time(server):
+    """Peak image K/V (live scene patches + the per-group cache the scenes share) of 20 scenes within 1.5x of
+    one scene's; afterwards no scene holds any, and the group cache holds the cast's groups, as after one."""
     url, _ = server
     reset_counters(url)
     one = run(url, story_prompt("[ava, ben] scene zero in a garden\n", name="kv-one", seed=5))
     assert one["outcome"] == "success", one["error"]
-    one_scene = counters(url)["peak_kv_bytes"]
-    assert one_scene > 0
+    one_scene, one_groups = counters(url)["peak_kv_bytes"], counters(url)["group_kv_bytes"]
+    assert one_scene > 0 and one_groups > 0
     reset_counters(url)
     script = "".join(f"[ava, ben] scene {i} in a garden\n" for i in range(1, 21))
     many = run(url, story_prompt(script, name="kv-twenty", seed=5))
@@ -253,6 +268,7 @@ def test_twenty_scenes_hold_one_scene_of_image_kv_at_a_time(server):
     assert measured["releases"] >= 20
     assert measured["peak_kv_bytes"] <= 1.5 * one_scene, (measured, one_scene)
     assert measured["live_kv_bytes"] == 0
+    assert measured["group_kv_bytes"] == one_groups  # background, ava and ben in their slots, 3 negative groups
 
 
 def test_a_script_mistake_names_its_line_before_anything_samples(server):
