@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .messages import detail
 from .preprocess import PreprocessError, character_crop, clothing_crop, face_crop, mask_to_uint8
 
 logger = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ def load_character(path: str) -> Character:
             info = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError) as e:
-        raise CharacterError(f"{path}: cannot be read as a saved character ({e}).") from e
+        raise CharacterError(f"{path}: cannot be read as a saved character ({detail(e, path)}).") from e
     identity = info.get("identity", FACE)  # files from before appearance-only characters all have a face
     needed = {"id_embedding", "character_clip"} | ({"face_clip"} if identity == FACE else set())
     if info.get("format") != FORMAT or not needed <= tensors.keys():

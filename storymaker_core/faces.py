@@ -26,6 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .messages import detail
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -239,7 +241,7 @@ def resolve_providers(requested: Sequence[str] | str, available: Sequence[str] |
         try:
             import onnxruntime
         except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise InsightFaceNotInstalledError(f"onnxruntime is not importable ({exc}). {INSTALL_HINT}") from exc
+            raise InsightFaceNotInstalledError(f"onnxruntime is not importable ({detail(exc)}). {INSTALL_HINT}") from exc
         available = onnxruntime.get_available_providers()
     usable = [p for p in mapped if p in available or p == "CPUExecutionProvider"]
     dropped = [p for p in mapped if p not in usable]
@@ -257,7 +259,7 @@ def _import_face_analysis():
         from insightface.app import FaceAnalysis  # noqa: WPS433 - lazy on purpose
     except ImportError as exc:
         raise InsightFaceNotInstalledError(
-            f"insightface could not be imported ({exc}). Install it with: {INSTALL_HINT}"
+            f"insightface could not be imported ({detail(exc)}). Install it with: {INSTALL_HINT}"
         ) from exc
     return FaceAnalysis
 
@@ -336,11 +338,11 @@ class FaceAnalyzer:
             network = type(exc).__name__ in {"ConnectionError", "Timeout", "HTTPError", "SSLError"}
             if network or (isinstance(exc, OSError) and "http" in str(exc).lower()):
                 raise FaceModelsNotFoundError(
-                    _missing_models_message(root, self.config.name, f"insightface tried to download it ({exc})")
+                    _missing_models_message(root, self.config.name, f"insightface tried to download it ({detail(exc, root)})")
                 ) from exc
             if "onnxruntime" in type(exc).__module__ or "ONNXRuntimeError" in str(exc):
                 raise FaceAnalysisError(
-                    f"onnxruntime could not load the insightface models in {self.model_dir} ({exc}). "
+                    f"onnxruntime could not load the insightface models in {self.model_dir} ({detail(exc, self.model_dir)}). "
                     "A .onnx file is probably truncated or not an ONNX model: re-download the pack "
                     f"({DOWNLOAD_HINTS.get(self.config.name, self.config.name)}) and replace the files."
                 ) from exc

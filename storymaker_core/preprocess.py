@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from .messages import detail
+
 CLIP_SIZE = 224
 # ArcFace's 5-point template for 112x112 crops: eyes, nose tip, mouth corners (insightface `arcface_dst`).
 ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
@@ -29,7 +31,7 @@ def _cv2():
     try:
         import cv2
     except ImportError as e:
-        raise ImportError(f"OpenCV is needed for StoryMaker's crops ({e}): pip install opencv-python") from e
+        raise ImportError(f"OpenCV is needed for StoryMaker's crops ({detail(e)}): pip install opencv-python") from e
     return cv2
 
 

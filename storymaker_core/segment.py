@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .messages import detail
+
 MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
 ENCODER_WIDTHS = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}  # image_encoder.patch_embed.proj.weight [W, 3, 16, 16]
 ENCODER_KEY = "image_encoder.patch_embed.proj.weight"
@@ -43,7 +45,7 @@ def _import_sam():
     try:
         from segment_anything import SamPredictor, sam_model_registry
     except ImportError as e:
-        raise SegmentAnythingNotInstalledError(f"segment_anything could not be imported ({e}). Install it with: "
+        raise SegmentAnythingNotInstalledError(f"segment_anything could not be imported ({detail(e)}). Install it with: "
                                                f"{INSTALL_HINT}") from e
     return sam_model_registry, SamPredictor
 
@@ -66,7 +68,7 @@ def load_sam_state_dict(path: str) -> dict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a readable SAM checkpoint"
-        raise SamCheckpointError(f"{path}: cannot be read as a SAM checkpoint ({str(e).splitlines()[0]}). The file "
+        raise SamCheckpointError(f"{path}: cannot be read as a SAM checkpoint ({detail(e, path)}). The file "
                                  f"is truncated or not a state dict of tensors: download it again. "
                                  f"{CHECKPOINTS_HINT}") from e
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
@@ -130,7 +132,7 @@ class PersonSegmenter:
             sam.load_state_dict(state)
         except RuntimeError as e:  # a state dict of another size: "size mismatch for ..."
             raise SamCheckpointError(f"{checkpoint}: does not fit SAM {self.model_type} "
-                                     f"({str(e).splitlines()[0][:200]}). Pass the right model_type or rename the "
+                                     f"({detail(e, checkpoint, limit=200)}). Pass the right model_type or rename the "
                                      f"file (sam_vit_b/l/h_...).") from e
         self.model = sam.to(device).eval()
         self.predictor = predictor_cls(self.model)

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from .download_check import failed_download
 from .layout import AttentionLayer
+from .messages import detail
 from .resampler import ResamplerConfig, StoryMakerResampler
 
 IMAGE_PROJ, IP_ADAPTER = "image_proj_model", "ip_adapter"
@@ -174,8 +175,8 @@ def read_state_dict(path: str) -> dict:
         try:
             return load_file(path)
         except (SafetensorError, OSError, ValueError) as e:
-            raise StoryMakerWeightsError(f"{path}: not a readable safetensors file ({e}). The file is truncated "
-                                         f"or corrupt: download or convert it again.") from e
+            raise StoryMakerWeightsError(f"{path}: not a readable safetensors file ({detail(e, path)}). The file is "
+                                         f"truncated or corrupt: download or convert it again.") from e
     try:
         try:
             data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -187,9 +188,9 @@ def read_state_dict(path: str) -> dict:
         raise StoryMakerWeightsError(
             f"{path}: contains Python objects other than tensors, so it was not unpickled (that could run "
             f"code). StoryMaker files hold plain tensors only; get the file from its official source. "
-            f"Detail: {str(e).splitlines()[0]}") from e
+            f"Detail: {detail(e, path)}") from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise StoryMakerWeightsError(f"{path}: cannot be read as a torch file ({str(e).splitlines()[0]}). It is "
+        raise StoryMakerWeightsError(f"{path}: cannot be read as a torch file ({detail(e, path)}). It is "
                                      f"truncated or corrupt (the release's mask.bin is 3.32 GB): download it "
                                      f"again.") from e
     if not isinstance(data, dict):
@@ -206,8 +207,8 @@ def read_metadata(path: str) -> dict:
         with safe_open(path, "pt") as f:
             return dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
-        raise StoryMakerWeightsError(f"{path}: not a readable safetensors file ({e}). The file is truncated "
-                                     f"or corrupt: download or convert it again.") from e
+        raise StoryMakerWeightsError(f"{path}: not a readable safetensors file ({detail(e, path)}). The file is "
+                                     f"truncated or corrupt: download or convert it again.") from e
 
 
 def weights_metadata(info: "WeightsInfo") -> dict:
