@@ -263,8 +263,8 @@ class _Line:
                              f"write {pair.casefold()}=<value>, e.g. {_example(pair.casefold())}")
                 else:
                     self.bad(f"{_quote(pair)} after the '|' is not a key=value option",
-                             f"write options as key=value with no spaces inside, e.g. seed=7 "
-                             f"candidates=4; prompt text goes before the first '|'")
+                             "write options as key=value with no spaces inside, e.g. seed=7 "
+                             "candidates=4; prompt text goes before the first '|'")
                 continue
             key, value = pair.split("=", 1)
             folded = key.casefold()
