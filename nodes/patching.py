@@ -118,7 +118,8 @@ class CompiledCalls:
         plan = build_plan(self.shared, self.keys, transformer_options.get("cond_or_uncond"), x.shape[0],
                           transformer_options.get("sigmas"), x.shape[-2:], x.device,
                           executor.class_obj.get_dtype_inference(), [self.patches[key].previous for key in self.keys])
-        shape = call_shape(plan, x, c_concat, c_crossattn, *kwargs.values())
+        control_tensors = [t for v in (control or {}).values() for t in (v or []) if isinstance(t, torch.Tensor)]
+        shape = call_shape(plan, x, c_concat, c_crossattn, *kwargs.values(), *control_tensors)  # ControlNet too
         if not self.check.needs_read(shape):
             with published(plan):
                 out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs,
