@@ -118,18 +118,16 @@ class CompiledCalls:
         plan = build_plan(self.shared, self.keys, transformer_options.get("cond_or_uncond"), x.shape[0],
                           transformer_options.get("sigmas"), x.shape[-2:], x.device,
                           executor.class_obj.get_dtype_inference(), [self.patches[key].previous for key in self.keys])
-        control_tensors = [t for v in (control or {}).values() for t in (v or []) if isinstance(t, torch.Tensor)]
-        shape = call_shape(plan, x, c_concat, c_crossattn, *kwargs.values(), *control_tensors)  # ControlNet too
-        if not self.check.needs_read(shape):
-            with published(plan):
-                out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs,
-                               **{COMPILED_KWARG: True})
-            self.check.add_unread(plan)
-            return out
+        residuals = [r for v in (control or {}).values() for r in (v or []) if isinstance(r, torch.Tensor)]
+        shape = call_shape(plan, x, c_concat, c_crossattn, *kwargs.values(), *residuals)  # ControlNet too
+        read_back = self.check.needs_read(shape)
         for attempt in (0, 1):
             with published(plan):
                 out = executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs,
                                **{COMPILED_KWARG: True})
+            if not read_back:  # a shape this sampling already checked: counted on the device, read at its end
+                self.check.add_unread(plan)
+                return out
             calls = self.check.read(plan, shape)
             if calls == plan["layers"]:
                 return out

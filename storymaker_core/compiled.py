@@ -210,8 +210,8 @@ def layer_calls(plan: dict) -> int:
 
 @contextlib.contextmanager
 def published(plan: dict):
-    """Publish `plan` for the compiled call made inside this block (one at a time); yields the number of
-    layer calls the compiled UNet made (read it after the call)."""
+    """Publish `plan` for the compiled call made inside this block (one at a time); after the call,
+    `plan["counter"]` holds how many layer calls the compiled UNet made."""
     if _PLAN:
         raise RuntimeError("StoryMaker: a compiled UNet call started inside another one; two Apply StoryMaker on "
                            "one compiled model are not supported: encode all characters together and apply once.")
